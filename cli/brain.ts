@@ -1,0 +1,55 @@
+import { Command, InvalidArgumentError } from 'commander';
+import { SERVICE_NAMES, environmentWithDotenv, loadConfig, type ServiceName } from '../shared/config';
+import { ConfigError, describeError } from '../shared/errors';
+import { runServices } from './run';
+
+function serviceName(value: string): ServiceName {
+  if (!(SERVICE_NAMES as readonly string[]).includes(value)) {
+    throw new InvalidArgumentError(`must be one of ${SERVICE_NAMES.join(', ')}`);
+  }
+  return value as ServiceName;
+}
+
+/** Runs services until SIGTERM or SIGINT, then shuts down cleanly. Exit 2 on bad configuration. */
+async function serve(names: readonly ServiceName[]): Promise<void> {
+  let config;
+  try {
+    config = loadConfig(environmentWithDotenv(process.env), names);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`brain: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const running = await runServices(names, config);
+  await new Promise<void>((resolve) => {
+    const onSignal = () => resolve();
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+  await running.stop();
+}
+
+export function buildProgram(): Command {
+  const program = new Command('brain').description('brain-pipeline: an event-driven MLOps pipeline over NATS JetStream');
+  program
+    .command('service')
+    .description('run one service')
+    .argument('<name>', `one of ${SERVICE_NAMES.join(', ')}`, serviceName)
+    .action((name: ServiceName) => serve([name]));
+  program
+    .command('up')
+    .description('run all five services in one process')
+    .action(() => serve(SERVICE_NAMES));
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    process.stderr.write(`brain: ${describeError(err)}\n`);
+    process.exitCode = 1;
+  }
+}

@@ -1,0 +1,79 @@
+import { hostname } from 'node:os';
+import type { DestinationStream } from 'pino';
+import type Docker from 'dockerode';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { createEventBus } from '../shared/bus';
+import type { Config, ServiceName } from '../shared/config';
+import { createContainerRunner, createDockerClient } from '../shared/docker';
+import { createLocks } from '../shared/lock';
+import { createLogger } from '../shared/logger';
+import { connectNats, ensureTopology, openLocks } from '../shared/nats';
+import type { Service, ServiceDeps } from '../shared/service';
+import { createScheduler } from '../services/scheduler/service';
+import { createTransformer } from '../services/transformer/service';
+import { createLoader } from '../services/loader/service';
+import { createModelGate } from '../services/model-gate/service';
+import { createTrainer } from '../services/trainer/service';
+
+export const SERVICE_FACTORIES: Record<ServiceName, (deps: ServiceDeps) => Service> = {
+  scheduler: createScheduler,
+  transformer: createTransformer,
+  loader: createLoader,
+  'model-gate': createModelGate,
+  trainer: createTrainer,
+};
+
+export interface RunOptions {
+  logDestination?: DestinationStream;
+  docker?: Docker;
+}
+
+export interface RunningServices {
+  readonly nc: NatsConnection;
+  /** Stops every service (in-flight work handed back, containers left to be adopted) and drains NATS. */
+  stop(): Promise<void>;
+}
+
+/** The composition root: one NATS connection, one Docker client, and the named services on top. */
+export async function runServices(names: readonly ServiceName[], config: Config, opts: RunOptions = {}): Promise<RunningServices> {
+  const label = names.length === 1 ? (names[0] as string) : 'brain';
+  const logger = createLogger(label, config.logLevel, opts.logDestination);
+  const nc = await connectNats(config, label);
+  const services: Service[] = [];
+  try {
+    await ensureTopology(nc, { lockTtlMs: config.lockTtlMs, ackWaitMs: config.ackWaitMs });
+    const kv = await openLocks(nc, config.lockTtlMs);
+    const holder = `${label}@${hostname()}:${process.pid}`;
+    const docker = opts.docker ?? createDockerClient(config.dockerHost);
+    const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs });
+    for (const name of names) {
+      const serviceLogger = logger.child({ service: name });
+      const service = SERVICE_FACTORIES[name]({
+        config,
+        bus,
+        locks: createLocks({ kv, holder: `${name}:${holder}`, ttlMs: config.lockTtlMs, logger: serviceLogger }),
+        runner: createContainerRunner({ docker, pullPolicy: config.pullPolicy, service: name, logger: serviceLogger }),
+        logger: serviceLogger,
+      });
+      await service.start();
+      services.push(service);
+    }
+    logger.info({ services: names }, 'services started');
+  } catch (err) {
+    await Promise.allSettled(services.map((s) => s.stop()));
+    await nc.close();
+    throw err;
+  }
+  let stopping: Promise<void> | undefined;
+  return {
+    nc,
+    stop() {
+      stopping ??= (async () => {
+        await Promise.allSettled(services.map((s) => s.stop()));
+        await nc.drain();
+        logger.info('services stopped');
+      })();
+      return stopping;
+    },
+  };
+}

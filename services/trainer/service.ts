@@ -1,0 +1,71 @@
+import { ErrorCode, StageError, describeError } from '../../shared/errors';
+import { ENV_FILES } from '../../shared/envfile';
+import { Subjects, type EventMap, type ModelDoneEvent } from '../../shared/events';
+import { CONSUMERS } from '../../shared/nats';
+import { failureOf, runContainerStage } from '../../shared/stage';
+import { msgIdFor, type Service, type ServiceDeps } from '../../shared/service';
+import type { HandlerContext, HandlerResult, Subscription } from '../../shared/bus';
+
+/** On model.mismatch, runs the training container and ends the model run (and its transform run). */
+export function createTrainer(deps: ServiceDeps): Service {
+  const { config, bus, locks, runner, logger } = deps;
+  let subscription: Subscription | undefined;
+  const { aws } = config.hostDirs;
+  if (aws === undefined) throw new StageError(ErrorCode.Config, 'the trainer needs HOST_AWS_DIR');
+  const awsDir: string = aws;
+
+  async function handle(event: EventMap['model.mismatch'], ctx: HandlerContext): Promise<HandlerResult> {
+    const { runId } = event;
+    const log = logger.child({ stage: 'train', runId });
+    const started = Date.now();
+    const runLease = await locks.adopt('transform', runId, 'train');
+    const modelLease = await locks.acquire('model', runId, 'train');
+    const finish = async (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }) => {
+      await Promise.all([runLease?.release(), modelLease?.release()]);
+      await bus.publish(Subjects.modelDone, { runId, durationMs: Date.now() - started, ...body }, { msgId: msgIdFor(runId, Subjects.modelDone) });
+      log.info({ outcome: body.outcome, error: body.error }, 'training ended');
+      return 'done' as const;
+    };
+    if (modelLease === null) {
+      const holder = await locks.read('model');
+      return finish({ outcome: 'failed', exitCode: null, error: `the model lock was taken by run ${holder?.value?.runId ?? 'unknown'} before training could start` });
+    }
+    log.info({ reason: event.reason }, 'training started');
+    let result;
+    try {
+      result = await runContainerStage(runner, bus, {
+        stage: 'train',
+        runId,
+        image: config.images.train,
+        envDir: config.envDir,
+        envFile: ENV_FILES.train,
+        mounts: [{ source: awsDir, target: '/root/.aws' }],
+        ...(config.network !== undefined ? { network: config.network } : {}),
+        timeoutMs: config.timeoutsMs.train,
+        signal: ctx.signal,
+      });
+    } catch (err) {
+      return finish({ outcome: 'failed', exitCode: null, error: describeError(err) });
+    }
+    if (result.status === 'handed-back') {
+      modelLease.handOff();
+      runLease?.handOff();
+      return 'handed-back';
+    }
+    const failure = failureOf(result, config.timeoutsMs.train);
+    if (failure === undefined && !(await modelLease.confirm())) {
+      return finish({ outcome: 'failed', exitCode: result.exitCode, error: 'the model lock was lost during training (its lease expired)' });
+    }
+    return finish(failure === undefined ? { outcome: 'trained', exitCode: result.exitCode } : { outcome: 'failed', exitCode: result.exitCode, error: failure });
+  }
+
+  return {
+    name: 'trainer',
+    async start() {
+      subscription = await bus.consume(CONSUMERS.trainer.durable, Subjects.modelMismatch, handle);
+    },
+    async stop() {
+      await subscription?.stop();
+    },
+  };
+}

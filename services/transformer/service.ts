@@ -1,0 +1,88 @@
+import { describeError } from '../../shared/errors';
+import { ENV_FILES } from '../../shared/envfile';
+import { Subjects, type EventBody, type TriggerEvent } from '../../shared/events';
+import { CONSUMERS } from '../../shared/nats';
+import { failureOf, runContainerStage } from '../../shared/stage';
+import { generatedRunId, msgIdFor, hostDirs, type Service, type ServiceDeps } from '../../shared/service';
+import type { HandlerContext, HandlerResult, Subscription } from '../../shared/bus';
+
+/**
+ * Runs the transform container on each transform.trigger. The transform lock it takes spans the
+ * whole run: on new data it is handed to the loader, which hands it on to the model step.
+ */
+export function createTransformer(deps: ServiceDeps): Service {
+  const { config, bus, locks, runner, logger } = deps;
+  let subscription: Subscription | undefined;
+  const { aws, processed, viz } = hostDirs(config, 'transformer');
+
+  async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
+    const runId = event.runId ?? generatedRunId('t', ctx.streamSequence);
+    const log = logger.child({ stage: 'transform', runId });
+    const started = Date.now();
+    const done = (body: Omit<EventBody<'transform.done'>, 'runId' | 'durationMs'>, msgId = msgIdFor(runId, Subjects.transformDone)) =>
+      bus.publish(Subjects.transformDone, { runId, durationMs: Date.now() - started, ...body }, { msgId });
+
+    // A first delivery must find the lock free; a redelivery may take back its own run's lock.
+    const lease = await locks.acquire('transform', runId, 'transform', { sameRun: ctx.deliveryCount > 1 ? 'take-over' : 'refuse' });
+    if (lease === null) {
+      const holder = await locks.read('transform');
+      log.info({ heldBy: holder?.value?.runId }, 'transform run in progress; trigger ends busy');
+      await done({ outcome: 'busy', exitCode: null, error: `run ${holder?.value?.runId ?? 'unknown'} is still in progress` }, `${msgIdFor(runId, Subjects.transformDone)}:busy:${ctx.streamSequence}`);
+      return 'done';
+    }
+    log.info({ reason: event.reason }, 'transform run started');
+
+    let result;
+    try {
+      result = await runContainerStage(runner, bus, {
+        stage: 'transform',
+        runId,
+        image: config.images.transform,
+        envDir: config.envDir,
+        envFile: ENV_FILES.transform,
+        mounts: [
+          { source: aws, target: '/app/.aws' },
+          { source: processed, target: '/app/processed' },
+          { source: viz, target: '/app/viz' },
+        ],
+        ...(config.network !== undefined ? { network: config.network } : {}),
+        timeoutMs: config.timeoutsMs.transform,
+        phrase: config.phrases.newData,
+        signal: ctx.signal,
+      });
+    } catch (err) {
+      log.error({ err: describeError(err) }, 'transform stage failed');
+      await lease.release();
+      await done({ outcome: 'failed', exitCode: null, error: describeError(err) });
+      return 'done';
+    }
+    if (result.status === 'handed-back') {
+      lease.handOff();
+      return 'handed-back';
+    }
+    const failure = failureOf(result, config.timeoutsMs.transform);
+    if (!(await lease.confirm())) {
+      await done({ outcome: 'failed', exitCode: result.exitCode, error: 'the transform lock was lost during the run (its lease expired)' });
+      return 'done';
+    }
+    if (failure !== undefined || !result.phraseFound) {
+      await lease.release();
+      await done(failure !== undefined ? { outcome: 'failed', exitCode: result.exitCode, error: failure } : { outcome: 'no-new-data', exitCode: result.exitCode });
+      return 'done';
+    }
+    await done({ outcome: 'new-data', exitCode: result.exitCode });
+    await bus.publish(Subjects.dataNew, { runId }, { msgId: msgIdFor(runId, Subjects.dataNew) });
+    lease.handOff();
+    return 'done';
+  }
+
+  return {
+    name: 'transformer',
+    async start() {
+      subscription = await bus.consume(CONSUMERS.transformer.durable, Subjects.transformTrigger, handle);
+    },
+    async stop() {
+      await subscription?.stop();
+    },
+  };
+}

@@ -1,0 +1,178 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { isAbsolute, resolve } from 'node:path';
+import { parse as parseDotenv } from 'dotenv';
+import { Cron } from 'croner';
+import { z } from 'zod';
+import { ConfigError } from './errors';
+
+export const SERVICE_NAMES = ['scheduler', 'transformer', 'loader', 'model-gate', 'trainer'] as const;
+export type ServiceName = (typeof SERVICE_NAMES)[number];
+
+export const DEFAULT_NEW_DATA_PHRASE = 'New data was transformed';
+export const DEFAULT_MISMATCH_PHRASE = 'File counts differ between the dataset commit and master.';
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'TRUE', 'FALSE', 'True', 'False', ''])
+  .default('false')
+  .transform((v) => v.toLowerCase() === 'true' || v === '1');
+
+const seconds = (fallback: number) =>
+  z.coerce
+    .number({ message: 'must be a number of seconds' })
+    .positive('must be a positive number of seconds')
+    .default(fallback);
+
+const optionalText = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+
+const hostDir = optionalText.refine((v) => v === undefined || isAbsolute(v), {
+  message: 'must be an absolute path on the Docker host',
+});
+
+const natsUrl = z
+  .string()
+  .default('nats://127.0.0.1:4222')
+  .refine((v) => v.split(',').every((u) => /^(nats|tls|ws|wss):\/\/[^\s]+$|^[^\s:/]+:\d+$/.test(u.trim())), {
+    message: 'must be one or more nats:// URLs separated by commas',
+  });
+
+const cronExpression = z
+  .string()
+  .default('0 * * * *')
+  .superRefine((v, ctx) => {
+    try {
+      new Cron(v, { paused: true, timezone: 'UTC' }).stop();
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: `is not a valid cron expression (${(err as Error).message})` });
+    }
+  });
+
+const schema = z.object({
+  NATS_URL: natsUrl,
+  NATS_USER: optionalText,
+  NATS_PASS: optionalText,
+  DOCKER_HOST: optionalText,
+  BRAIN_ENV_DIR: z.string().default('./env'),
+  TRANSFORM_IMAGE: z.string().min(1).default('brain-transform:latest'),
+  LOAD_IMAGE: z.string().min(1).default('brain-load:latest'),
+  MODEL_TRIGGER_IMAGE: z.string().min(1).default('brain-model-trigger:latest'),
+  TRAIN_IMAGE: z.string().min(1).default('brain-train:latest'),
+  HOST_AWS_DIR: hostDir,
+  HOST_PROCESSED_DIR: hostDir,
+  HOST_VIZ_DIR: hostDir,
+  CONTAINER_NETWORK: optionalText,
+  PULL_POLICY: z.enum(['always', 'missing', 'never'], { message: 'must be always, missing or never' }).default('missing'),
+  TRANSFORM_SCHEDULE: cronExpression,
+  IS_DEVELOPMENT: bool,
+  DEV_SKIP_TRIGGER: bool,
+  DEV_SKIP_MODEL: bool,
+  DEV_FORCE_TRAINING: bool,
+  NEW_DATA_PHRASE: z.string().min(1).default(DEFAULT_NEW_DATA_PHRASE),
+  MISMATCH_PHRASE: z.string().min(1).default(DEFAULT_MISMATCH_PHRASE),
+  TRANSFORM_TIMEOUT: seconds(3600),
+  LOAD_TIMEOUT: seconds(1800),
+  MODEL_TRIGGER_TIMEOUT: seconds(900),
+  TRAIN_TIMEOUT: seconds(6 * 3600),
+  LOCK_TTL: seconds(30),
+  ACK_WAIT: seconds(30),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+type Raw = z.infer<typeof schema>;
+
+export interface Config {
+  nats: { servers: string[]; user?: string; pass?: string };
+  dockerHost?: string;
+  envDir: string;
+  images: { transform: string; load: string; modelTrigger: string; train: string };
+  hostDirs: { aws?: string; processed?: string; viz?: string };
+  network?: string;
+  pullPolicy: 'always' | 'missing' | 'never';
+  transformSchedule: string;
+  flags: { isDevelopment: boolean; devSkipTrigger: boolean; devSkipModel: boolean; devForceTraining: boolean };
+  phrases: { newData: string; mismatch: string };
+  timeoutsMs: { transform: number; load: number; modelTrigger: number; train: number };
+  lockTtlMs: number;
+  ackWaitMs: number;
+  logLevel: Raw['LOG_LEVEL'];
+}
+
+/** The settings each service cannot run without, beyond the defaults. */
+const REQUIRED: Record<ServiceName, (keyof Raw)[]> = {
+  scheduler: [],
+  transformer: ['HOST_AWS_DIR', 'HOST_PROCESSED_DIR', 'HOST_VIZ_DIR'],
+  loader: ['HOST_AWS_DIR', 'HOST_PROCESSED_DIR', 'HOST_VIZ_DIR'],
+  'model-gate': [],
+  trainer: ['HOST_AWS_DIR'],
+};
+
+/**
+ * Validates the environment for the given services and reports every problem at once.
+ * @throws ConfigError listing each problem, one per line.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv, services: readonly ServiceName[]): Config {
+  const parsed = schema.safeParse(env);
+  const problems: string[] = [];
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const value = env[String(issue.path[0])];
+      const shown = value === undefined ? '' : ` (got ${JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value)})`;
+      problems.push(`${issue.path.join('.')}: ${issue.message}${shown}`);
+    }
+    throw new ConfigError(problems);
+  }
+  const raw = parsed.data;
+  for (const service of services) {
+    for (const key of REQUIRED[service]) {
+      if (raw[key] === undefined && !problems.some((p) => p.startsWith(`${key}:`))) {
+        problems.push(`${key}: is required by the ${service} service`);
+      }
+    }
+  }
+  if ((raw.NATS_USER === undefined) !== (raw.NATS_PASS === undefined)) {
+    problems.push('NATS_USER and NATS_PASS: set both or neither');
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return {
+    nats: {
+      servers: raw.NATS_URL.split(',').map((s) => s.trim()),
+      ...(raw.NATS_USER !== undefined ? { user: raw.NATS_USER } : {}),
+      ...(raw.NATS_PASS !== undefined ? { pass: raw.NATS_PASS } : {}),
+    },
+    ...(raw.DOCKER_HOST !== undefined ? { dockerHost: raw.DOCKER_HOST } : {}),
+    envDir: resolve(raw.BRAIN_ENV_DIR),
+    images: { transform: raw.TRANSFORM_IMAGE, load: raw.LOAD_IMAGE, modelTrigger: raw.MODEL_TRIGGER_IMAGE, train: raw.TRAIN_IMAGE },
+    hostDirs: {
+      ...(raw.HOST_AWS_DIR !== undefined ? { aws: raw.HOST_AWS_DIR } : {}),
+      ...(raw.HOST_PROCESSED_DIR !== undefined ? { processed: raw.HOST_PROCESSED_DIR } : {}),
+      ...(raw.HOST_VIZ_DIR !== undefined ? { viz: raw.HOST_VIZ_DIR } : {}),
+    },
+    ...(raw.CONTAINER_NETWORK !== undefined ? { network: raw.CONTAINER_NETWORK } : {}),
+    pullPolicy: raw.PULL_POLICY,
+    transformSchedule: raw.TRANSFORM_SCHEDULE,
+    flags: {
+      isDevelopment: raw.IS_DEVELOPMENT,
+      devSkipTrigger: raw.DEV_SKIP_TRIGGER,
+      devSkipModel: raw.DEV_SKIP_MODEL,
+      devForceTraining: raw.DEV_FORCE_TRAINING,
+    },
+    phrases: { newData: raw.NEW_DATA_PHRASE, mismatch: raw.MISMATCH_PHRASE },
+    timeoutsMs: {
+      transform: raw.TRANSFORM_TIMEOUT * 1000,
+      load: raw.LOAD_TIMEOUT * 1000,
+      modelTrigger: raw.MODEL_TRIGGER_TIMEOUT * 1000,
+      train: raw.TRAIN_TIMEOUT * 1000,
+    },
+    lockTtlMs: raw.LOCK_TTL * 1000,
+    ackWaitMs: raw.ACK_WAIT * 1000,
+    logLevel: raw.LOG_LEVEL,
+  };
+}
+
+/** The process environment overlaid on an optional `.env` file (the environment wins). */
+export function environmentWithDotenv(env: NodeJS.ProcessEnv, dotenvPath = '.env'): NodeJS.ProcessEnv {
+  if (!existsSync(dotenvPath)) return env;
+  return { ...parseDotenv(readFileSync(dotenvPath)), ...env };
+}

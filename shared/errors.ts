@@ -1,0 +1,57 @@
+/** Stable codes carried by every error the pipeline raises on purpose. */
+export const ErrorCode = {
+  Config: 'CONFIG_INVALID',
+  ImageNotFound: 'IMAGE_NOT_FOUND',
+  PullFailed: 'PULL_FAILED',
+  DockerUnavailable: 'DOCKER_UNAVAILABLE',
+  ContainerCreate: 'CONTAINER_CREATE_FAILED',
+  ContainerStart: 'CONTAINER_START_FAILED',
+  ContainerGone: 'CONTAINER_GONE',
+  Timeout: 'STAGE_TIMEOUT',
+  EnvFile: 'ENV_FILE_INVALID',
+  InvalidEvent: 'EVENT_INVALID',
+  LockLost: 'LOCK_LOST',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Base class: a message meant for people plus a code meant for programs. */
+export class BrainError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'BrainError';
+  }
+}
+
+export class ConfigError extends BrainError {
+  constructor(readonly problems: string[]) {
+    super(ErrorCode.Config, `invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export class StageError extends BrainError {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'StageError';
+  }
+}
+
+export class InvalidEventError extends BrainError {
+  constructor(
+    readonly subject: string,
+    readonly detail: string,
+  ) {
+    super(ErrorCode.InvalidEvent, `invalid ${subject} event: ${detail}`);
+    this.name = 'InvalidEventError';
+  }
+}
+
+/** A one-line description of any thrown value, for events and logs. */
+export function describeError(err: unknown): string {
+  if (err instanceof Error) return err.message.split('\n')[0] ?? err.name;
+  return String(err);
+}

@@ -1,0 +1,120 @@
+import { StringDecoder } from 'node:string_decoder';
+
+export type StreamName = 'stdout' | 'stderr';
+export interface Frame {
+  stream: StreamName;
+  payload: Buffer;
+}
+
+/**
+ * Splits Docker's multiplexed attach/logs stream (`Tty: false`) into stdout and stderr payloads.
+ * Frames may straddle chunks: the partial header or payload is carried over.
+ * Unlike `modem.demuxStream`, it is pulled by the caller, so a slow reader slows Docker down.
+ */
+export class FrameDemuxer {
+  private pending: Buffer = Buffer.alloc(0);
+
+  push(chunk: Buffer): Frame[] {
+    let buf = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk;
+    const frames: Frame[] = [];
+    while (buf.length >= 8) {
+      const type = buf[0];
+      const size = buf.readUInt32BE(4);
+      if (buf.length < 8 + size) break;
+      frames.push({ stream: type === 2 ? 'stderr' : 'stdout', payload: buf.subarray(8, 8 + size) });
+      buf = buf.subarray(8 + size);
+    }
+    this.pending = buf.length > 0 ? Buffer.from(buf) : Buffer.alloc(0);
+    return frames;
+  }
+}
+
+/**
+ * Turns text chunks into lines. Memory stays bounded: a line longer than `maxLineLength`
+ * is emitted in pieces of that length.
+ */
+export class LineSplitter {
+  private tail = '';
+  constructor(private readonly maxLineLength = 16 * 1024) {}
+
+  push(text: string): string[] {
+    const parts = (this.tail + text).split('\n');
+    this.tail = parts.pop() ?? '';
+    const lines = parts.map((l) => (l.endsWith('\r') ? l.slice(0, -1) : l));
+    while (this.tail.length > this.maxLineLength) {
+      lines.push(this.tail.slice(0, this.maxLineLength));
+      this.tail = this.tail.slice(this.maxLineLength);
+    }
+    return lines;
+  }
+
+  end(): string[] {
+    const rest = this.tail;
+    this.tail = '';
+    return rest.length > 0 ? [rest] : [];
+  }
+}
+
+/**
+ * Finds a phrase anywhere in a text stream that arrives in chunks, keeping only
+ * `phrase.length - 1` characters between chunks. The phrase has no newline, so a match is within one line.
+ */
+export class PhraseMatcher {
+  private carry = '';
+  private matched = false;
+  constructor(private readonly phrase: string) {}
+
+  get found(): boolean {
+    return this.matched;
+  }
+
+  push(text: string): void {
+    if (this.matched) return;
+    const haystack = this.carry + text;
+    if (haystack.includes(this.phrase)) {
+      this.matched = true;
+      this.carry = '';
+      return;
+    }
+    this.carry = haystack.slice(Math.max(0, haystack.length - (this.phrase.length - 1)));
+  }
+}
+
+/** Decodes one output stream, scans it for a phrase and cuts it into lines. */
+export class StreamScanner {
+  private readonly decoder = new StringDecoder('utf8');
+  private readonly splitter: LineSplitter;
+  private readonly matcher: PhraseMatcher | null;
+
+  constructor(phrase: string | undefined, maxLineLength?: number) {
+    this.splitter = new LineSplitter(maxLineLength);
+    this.matcher = phrase === undefined ? null : new PhraseMatcher(phrase);
+  }
+
+  get phraseFound(): boolean {
+    return this.matcher?.found ?? false;
+  }
+
+  push(bytes: Buffer): string[] {
+    const text = this.decoder.write(bytes);
+    this.matcher?.push(text);
+    return this.splitter.push(text);
+  }
+
+  end(): string[] {
+    const text = this.decoder.end();
+    this.matcher?.push(text);
+    return [...this.splitter.push(text), ...this.splitter.end()];
+  }
+}
+
+/** Replaces every known secret value in a line. Values shorter than 4 characters are not masked (they would mangle ordinary text). */
+export function createMasker(secrets: Iterable<string>): (line: string) => string {
+  const values = [...new Set([...secrets].filter((s) => s.length >= 4))].sort((a, b) => b.length - a.length);
+  if (values.length === 0) return (line) => line;
+  return (line) => {
+    let out = line;
+    for (const value of values) if (out.includes(value)) out = out.split(value).join('****');
+    return out;
+  };
+}

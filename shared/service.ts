@@ -1,0 +1,37 @@
+import type { EventBus } from './bus';
+import type { Config } from './config';
+import { ErrorCode, StageError } from './errors';
+import type { ContainerRunner } from './docker';
+import type { Locks } from './lock';
+import type { Logger } from './logger';
+
+/** What every stage service is given by its composition root. */
+export interface ServiceDeps {
+  config: Config;
+  bus: EventBus;
+  locks: Locks;
+  runner: ContainerRunner;
+  logger: Logger;
+}
+
+export interface Service {
+  readonly name: string;
+  start(): Promise<void>;
+  /** Stops taking work, hands in-flight work back (containers keep running) and waits for it to settle. */
+  stop(): Promise<void>;
+}
+
+/** A run id for a trigger that carried none: derived from the stream sequence, so a redelivery gets the same id. */
+export const generatedRunId = (prefix: string, streamSequence: number) => `${prefix}${streamSequence}`;
+
+/** Message id for an event of a run, so a retried publish is dropped by the stream's duplicate window. */
+export const msgIdFor = (runId: string, subject: string) => `${runId}:${subject}`;
+
+/** The host directories a service mounts; configuration validation guarantees them, this keeps the types honest. */
+export function hostDirs(config: Config, service: string): { aws: string; processed: string; viz: string } {
+  const { aws, processed, viz } = config.hostDirs;
+  if (aws === undefined || processed === undefined || viz === undefined) {
+    throw new StageError(ErrorCode.Config, `the ${service} needs HOST_AWS_DIR, HOST_PROCESSED_DIR and HOST_VIZ_DIR`);
+  }
+  return { aws, processed, viz };
+}

@@ -23,6 +23,8 @@ export interface HandlerContext {
   /** JetStream stream sequence of the message: stable across redeliveries. */
   streamSequence: number;
   deliveryCount: number;
+  /** When the message was stored: stable across redeliveries. */
+  storedAt: Date;
 }
 
 /** A handler returns `handed-back` when it stopped on shutdown without finishing: the message is redelivered at once. */
@@ -105,6 +107,7 @@ export function createEventBus(deps: BusDeps): EventBus {
           signal: shutdown.signal,
           streamSequence: msg.info.streamSequence,
           deliveryCount: msg.info.deliveryCount,
+          storedAt: msg.time,
         });
         if (result === 'handed-back') msg.nak();
         else msg.ack();

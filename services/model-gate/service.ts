@@ -17,7 +17,7 @@ export function createModelGate(deps: ServiceDeps): Service {
   let subscription: Subscription | undefined;
 
   async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
-    const runId = event.runId ?? generatedRunId('m', ctx.streamSequence);
+    const runId = event.runId ?? generatedRunId('m', ctx);
     const log = logger.child({ stage: 'model-trigger', runId });
     const started = Date.now();
     // The run's transform lock, when this model step belongs to a transform run.

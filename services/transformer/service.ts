@@ -16,7 +16,7 @@ export function createTransformer(deps: ServiceDeps): Service {
   const { aws, processed, viz } = hostDirs(config, 'transformer');
 
   async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
-    const runId = event.runId ?? generatedRunId('t', ctx.streamSequence);
+    const runId = event.runId ?? generatedRunId('t', ctx);
     const log = logger.child({ stage: 'transform', runId });
     const started = Date.now();
     const done = (body: Omit<EventBody<'transform.done'>, 'runId' | 'durationMs'>, msgId = msgIdFor(runId, Subjects.transformDone)) =>

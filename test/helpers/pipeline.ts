@@ -1,0 +1,212 @@
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { randomBytes } from 'node:crypto';
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import Docker from 'dockerode';
+import { SERVICE_NAMES, loadConfig, type Config, type ServiceName } from '../../shared/config';
+import { LABELS } from '../../shared/docker';
+import { ENV_FILES } from '../../shared/envfile';
+import { runServices, type RunningServices } from '../../cli/run';
+import { TEST_IMAGES } from '../fixtures/build-images';
+import { startNatsServer, type NatsServer } from './nats-server';
+
+export type EnvFileKey = keyof typeof ENV_FILES;
+
+export interface RecordedEvent {
+  subject: string;
+  data: Record<string, unknown> & { runId?: string; outcome?: string };
+}
+
+export interface PipelineOptions {
+  /** Configuration overrides (environment variables). */
+  env?: Record<string, string>;
+  /** Contents of each stage's env file. */
+  envFiles?: Partial<Record<EnvFileKey, Record<string, string>>>;
+  services?: readonly ServiceName[];
+}
+
+export const docker = new Docker();
+export const uid = (prefix = 'r') => `${prefix}${randomBytes(5).toString('hex')}`;
+
+/** A transform run is over when one of these arrives for it. */
+export function isRunTerminal(e: RecordedEvent): boolean {
+  if (e.subject === 'transform.done') return e.data.outcome !== 'new-data';
+  if (e.subject === 'load.done') return e.data.outcome === 'failed';
+  return e.subject === 'model.done';
+}
+
+export class Pipeline {
+  readonly events: RecordedEvent[] = [];
+  readonly logLines: string[] = [];
+  readonly logBatches: RecordedEvent[] = [];
+  running: RunningServices | undefined;
+  private waiters: { pred: (e: RecordedEvent) => boolean; resolve: (e: RecordedEvent) => void }[] = [];
+  private subs: Subscription[] = [];
+
+  private constructor(
+    readonly nats: NatsServer,
+    readonly client: NatsConnection,
+    readonly dirs: { root: string; env: string; aws: string; processed: string; viz: string },
+    readonly env: Record<string, string>,
+    readonly services: readonly ServiceName[],
+  ) {}
+
+  static async start(opts: PipelineOptions = {}): Promise<Pipeline> {
+    const nats = await startNatsServer();
+    const root = mkdtempSync(join(tmpdir(), 'brain-run-'));
+    const dirs = { root, env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
+    for (const dir of [dirs.env, dirs.aws, dirs.processed, dirs.viz]) mkdirSync(dir);
+    const envFiles: Record<EnvFileKey, Record<string, string>> = {
+      transform: { NEW_DATA: '1' },
+      loadProcessed: { TARGET: 'processed' },
+      loadViz: { TARGET: 'viz' },
+      modelTrigger: { MISMATCH: '1' },
+      train: {},
+      ...opts.envFiles,
+    };
+    for (const [key, values] of Object.entries(envFiles)) {
+      const text = Object.entries(values).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join('\n');
+      writeFileSync(join(dirs.env, ENV_FILES[key as EnvFileKey]), `${text}\n`);
+    }
+    const env = {
+      NATS_URL: nats.url,
+      BRAIN_ENV_DIR: dirs.env,
+      HOST_AWS_DIR: dirs.aws,
+      HOST_PROCESSED_DIR: dirs.processed,
+      HOST_VIZ_DIR: dirs.viz,
+      TRANSFORM_IMAGE: TEST_IMAGES.transform,
+      LOAD_IMAGE: TEST_IMAGES.load,
+      MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
+      TRAIN_IMAGE: TEST_IMAGES.train,
+      PULL_POLICY: 'never',
+      LOG_LEVEL: 'debug',
+      ...opts.env,
+    };
+    const client = await connect({ servers: nats.url, name: 'test-observer' });
+    const pipeline = new Pipeline(nats, client, dirs, env, opts.services ?? SERVICE_NAMES.filter((s) => s !== 'scheduler'));
+    pipeline.observe();
+    await pipeline.startServices();
+    return pipeline;
+  }
+
+  get config(): Config {
+    return loadConfig(this.env, this.services);
+  }
+
+  private observe(): void {
+    for (const subject of ['transform.>', 'data.>', 'load.>', 'model.>', 'rejected.>', 'logs.>']) {
+      const sub = this.client.subscribe(subject, {
+        callback: (_err, msg) => {
+          let data: RecordedEvent['data'];
+          try {
+            data = msg.json();
+          } catch {
+            data = { raw: msg.string() };
+          }
+          const event = { subject: msg.subject, data };
+          if (msg.subject.startsWith('logs.')) {
+            this.logBatches.push(event);
+            return;
+          }
+          this.events.push(event);
+          this.waiters = this.waiters.filter((w) => {
+            if (!w.pred(event)) return true;
+            w.resolve(event);
+            return false;
+          });
+        },
+      });
+      this.subs.push(sub);
+    }
+  }
+
+  async startServices(): Promise<void> {
+    const sink = new Writable({
+      write: (chunk: Buffer, _enc, cb) => {
+        for (const line of chunk.toString().split('\n')) if (line.trim() !== '') this.logLines.push(line);
+        cb();
+      },
+    });
+    this.running = await runServices(this.services, this.config, { logDestination: sink, docker });
+  }
+
+  async stopServices(): Promise<void> {
+    await this.running?.stop();
+    this.running = undefined;
+  }
+
+  /** Publishes like a person would: a core publish of raw bytes or JSON, no ack awaited. */
+  async publish(subject: string, body: unknown = {}): Promise<void> {
+    const data = typeof body === 'string' || body instanceof Uint8Array ? body : JSON.stringify(body);
+    this.client.publish(subject, data);
+    await this.client.flush();
+  }
+
+  /** Resolves with the first recorded event (past or future) matching the predicate. */
+  waitFor(pred: (e: RecordedEvent) => boolean, timeoutMs = 30_000, what = 'event'): Promise<RecordedEvent> {
+    const seen = this.events.find(pred);
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w.resolve !== done);
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; saw:\n${this.events.map((e) => `${e.subject} ${JSON.stringify(e.data)}`).join('\n')}`));
+      }, timeoutMs);
+      const done = (e: RecordedEvent) => {
+        clearTimeout(timer);
+        resolve(e);
+      };
+      this.waiters.push({ pred, resolve: done });
+    });
+  }
+
+  waitForSubject(subject: string, runId: string, timeoutMs?: number): Promise<RecordedEvent> {
+    return this.waitFor((e) => e.subject === subject && e.data.runId === runId, timeoutMs, `${subject} of ${runId}`);
+  }
+
+  waitForRunEnd(runId: string, timeoutMs?: number): Promise<RecordedEvent> {
+    return this.waitFor((e) => e.data.runId === runId && isRunTerminal(e), timeoutMs, `the end of run ${runId}`);
+  }
+
+  eventsOf(runId: string): RecordedEvent[] {
+    return this.events.filter((e) => e.data.runId === runId);
+  }
+
+  /** `subject outcome` of a run's events, in order, for compact assertions. */
+  trail(runId: string): string[] {
+    return this.eventsOf(runId).map((e) => (e.data.outcome !== undefined ? `${e.subject} ${e.data.outcome}` : e.subject));
+  }
+
+  logLinesOf(runId: string, stage?: string): string[] {
+    return this.logBatches
+      .filter((b) => b.data.runId === runId && (stage === undefined || b.data.stage === stage))
+      .flatMap((b) => b.data.lines as string[]);
+  }
+
+  async containers(runId?: string): Promise<Docker.ContainerInfo[]> {
+    const label = [`${LABELS.managed}=true`];
+    if (runId !== undefined) label.push(`${LABELS.runId}=${runId}`);
+    return docker.listContainers({ all: true, filters: { label } });
+  }
+
+  async close(): Promise<void> {
+    await this.stopServices();
+    for (const sub of this.subs) sub.unsubscribe();
+    await this.client.close();
+    await this.nats.stop();
+    await this.nats.cleanup();
+    rmSync(this.dirs.root, { recursive: true, force: true });
+  }
+}
+
+/** Waits for a container of the run and stage to be running. */
+export async function waitForContainer(runId: string, stage: string, timeoutMs = 20_000): Promise<Docker.ContainerInfo> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const found = await docker.listContainers({ filters: { label: [`${LABELS.runId}=${runId}`, `${LABELS.stage}=${stage}`], status: ['running'] } });
+    if (found[0] !== undefined) return found[0];
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`no running ${stage} container for ${runId} after ${timeoutMs} ms`);
+}

@@ -8,6 +8,9 @@ import { createContainerRunner, createDockerClient } from '../shared/docker';
 import { createLocks } from '../shared/lock';
 import { createLogger } from '../shared/logger';
 import { connectNats, ensureTopology, openLocks } from '../shared/nats';
+import { createMetrics, type Metrics } from '../shared/metrics';
+import { startHealthServer, type HealthServer } from '../shared/health';
+import { Svcm, type Service as MicroService } from '@nats-io/services';
 import type { Service, ServiceDeps } from '../shared/service';
 import { createScheduler } from '../services/scheduler/service';
 import { createTransformer } from '../services/transformer/service';
@@ -30,6 +33,9 @@ export interface RunOptions {
 
 export interface RunningServices {
   readonly nc: NatsConnection;
+  readonly metrics: Metrics;
+  /** Port of `/healthz` and `/metrics`. */
+  readonly healthPort: number;
   /** Stops every service (in-flight work handed back, containers left to be adopted) and drains NATS. */
   stop(): Promise<void>;
 }
@@ -40,36 +46,63 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   const logger = createLogger(label, config.logLevel, opts.logDestination);
   const nc = await connectNats(config, label);
   const services: Service[] = [];
+  const micro: MicroService[] = [];
+  const metrics = createMetrics({ service: label });
+  let health: HealthServer | undefined;
+  const startedAt = new Date().toISOString();
   try {
     await ensureTopology(nc, { lockTtlMs: config.lockTtlMs, ackWaitMs: config.ackWaitMs });
     const kv = await openLocks(nc, config.lockTtlMs);
     const holder = `${label}@${hostname()}:${process.pid}`;
     const docker = opts.docker ?? createDockerClient(config.dockerHost);
-    const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs });
+    const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics });
     for (const name of names) {
       const serviceLogger = logger.child({ service: name });
       const service = SERVICE_FACTORIES[name]({
         config,
         bus,
         locks: createLocks({ kv, holder: `${name}:${holder}`, ttlMs: config.lockTtlMs, logger: serviceLogger }),
-        runner: createContainerRunner({ docker, pullPolicy: config.pullPolicy, service: name, logger: serviceLogger }),
+        runner: createContainerRunner({ docker, pullPolicy: config.pullPolicy, service: name, logger: serviceLogger, onContainerStart: (stage) => metrics.containerStarted(stage) }),
         logger: serviceLogger,
       });
       await service.start();
       services.push(service);
+      // Registered with the NATS services API, so `nats micro ls` and `brain status` list it.
+      micro.push(
+        await new Svcm(nc).add({
+          name: `brain-${name}`,
+          version: '0.1.0',
+          description: `brain-pipeline ${name}`,
+          metadata: { service: name, startedAt, holder },
+        }),
+      );
     }
+    health = await startHealthServer({
+      port: config.health.port,
+      host: config.health.host,
+      metrics,
+      healthy: () => ({
+        ok: !nc.isClosed() && services.length === names.length,
+        detail: { services: names, nats: nc.isClosed() ? 'closed' : 'connected', server: nc.getServer() },
+      }),
+    });
     logger.info({ services: names }, 'services started');
   } catch (err) {
-    await Promise.allSettled(services.map((s) => s.stop()));
+    await Promise.allSettled([...services.map((s) => s.stop()), ...micro.map((m) => m.stop())]);
+    await health?.close();
     await nc.close();
     throw err;
   }
   let stopping: Promise<void> | undefined;
+  const healthServer = health;
   return {
     nc,
+    metrics,
+    healthPort: healthServer.port,
     stop() {
       stopping ??= (async () => {
-        await Promise.allSettled(services.map((s) => s.stop()));
+        await Promise.allSettled([...micro.map((m) => m.stop()), ...services.map((s) => s.stop())]);
+        await healthServer.close();
         await nc.drain();
         logger.info('services stopped');
       })();

@@ -16,6 +16,7 @@ import {
 import { EVENTS_STREAM } from './nats';
 import { describeError } from './errors';
 import type { Logger } from './logger';
+import type { Metrics } from './metrics';
 
 export interface HandlerContext {
   /** Aborted when the service shuts down: stop waiting and hand the work back. */
@@ -48,6 +49,7 @@ export interface BusDeps {
   nc: NatsConnection;
   logger: Logger;
   ackWaitMs: number;
+  metrics?: Metrics;
   /** In-flight messages per consumer; each is worked on concurrently. */
   concurrency?: number;
 }
@@ -60,6 +62,15 @@ export function createEventBus(deps: BusDeps): EventBus {
   const js: JetStreamClient = jetstream(nc);
   const encoder = new TextEncoder();
 
+  /** Each `*.done` event is one stage run for the metrics; a `busy` one is lock contention. */
+  function recordOutcome(subject: EventSubject, event: unknown): void {
+    if (deps.metrics === undefined || !subject.endsWith('.done')) return;
+    const { outcome, durationMs } = event as { outcome: string; durationMs: number };
+    const stage = subject.slice(0, subject.indexOf('.'));
+    deps.metrics.stageEnded(stage, outcome, durationMs);
+    if (outcome === 'busy') deps.metrics.lockContended(stage === 'model' ? 'model' : 'transform');
+  }
+
   async function publish<S extends EventSubject>(
     subject: S,
     body: EventBody<S>,
@@ -67,6 +78,7 @@ export function createEventBus(deps: BusDeps): EventBus {
   ): Promise<EventMap[S]> {
     const event = EventSchemas[subject].parse({ v: 1, at: new Date().toISOString(), ...body }) as EventMap[S];
     await js.publish(subject, encoder.encode(JSON.stringify(event)), opts.msgId !== undefined ? { msgID: opts.msgId } : {});
+    recordOutcome(subject, event);
     return event;
   }
 
@@ -80,6 +92,7 @@ export function createEventBus(deps: BusDeps): EventBus {
     await js.publish(rejectedSubject(subject), encoder.encode(JSON.stringify(report)), {
       msgID: `rejected:${EVENTS_STREAM}:${msg.info.streamSequence}`,
     });
+    deps.metrics?.eventRejected(subject);
     logger.warn({ subject, error, streamSequence: msg.info.streamSequence }, 'rejected invalid event');
   }
 

@@ -77,6 +77,8 @@ const schema = z.object({
   TRAIN_TIMEOUT: seconds(6 * 3600),
   LOCK_TTL: seconds(30),
   ACK_WAIT: seconds(30),
+  HEALTH_PORT: z.coerce.number({ message: 'must be a port number' }).int().min(0).max(65535).default(8080),
+  HEALTH_HOST: z.string().default('0.0.0.0'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -97,6 +99,8 @@ export interface Config {
   lockTtlMs: number;
   ackWaitMs: number;
   logLevel: Raw['LOG_LEVEL'];
+  /** `/healthz` and `/metrics`; port 0 picks a free port. */
+  health: { port: number; host: string };
 }
 
 /** The settings each service cannot run without, beyond the defaults. */
@@ -168,6 +172,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, services: readonly ServiceNam
     lockTtlMs: raw.LOCK_TTL * 1000,
     ackWaitMs: raw.ACK_WAIT * 1000,
     logLevel: raw.LOG_LEVEL,
+    health: { port: raw.HEALTH_PORT, host: raw.HEALTH_HOST },
   };
 }
 

@@ -56,6 +56,8 @@ export interface RunnerDeps {
   pullPolicy: PullPolicy;
   service: string;
   logger: Logger;
+  /** Called each time a container is started. */
+  onContainerStart?: (stage: Stage) => void;
   /** Seconds Docker gives a container between SIGTERM and SIGKILL on timeout. */
   stopGraceSeconds?: number;
 }
@@ -220,6 +222,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
         await remove(name).catch(() => undefined);
         throw stageError(`start the ${spec.stage} container`, err, ErrorCode.ContainerStart);
       }
+      deps.onContainerStart?.(spec.stage);
       log.info({ image: spec.image }, 'container started');
     } else {
       log.info({ state: existing.State.Status }, 'adopting existing container');

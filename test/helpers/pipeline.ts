@@ -1,4 +1,4 @@
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -25,6 +25,8 @@ export interface PipelineOptions {
   /** Contents of each stage's env file. */
   envFiles?: Partial<Record<EnvFileKey, Record<string, string>>>;
   services?: readonly ServiceName[];
+  /** Docker client for the services (default: the local engine). */
+  docker?: Docker;
 }
 
 export const docker = new Docker();
@@ -51,6 +53,7 @@ export class Pipeline {
     readonly dirs: { root: string; env: string; aws: string; processed: string; viz: string },
     readonly env: Record<string, string>,
     readonly services: readonly ServiceName[],
+    private readonly serviceDocker: Docker,
   ) {}
 
   static async start(opts: PipelineOptions = {}): Promise<Pipeline> {
@@ -87,7 +90,7 @@ export class Pipeline {
       ...opts.env,
     };
     const client = await connect({ servers: nats.url, name: 'test-observer' });
-    const pipeline = new Pipeline(nats, client, dirs, env, opts.services ?? SERVICE_NAMES.filter((s) => s !== 'scheduler'));
+    const pipeline = new Pipeline(nats, client, dirs, env, opts.services ?? SERVICE_NAMES.filter((s) => s !== 'scheduler'), opts.docker ?? docker);
     pipeline.observe();
     await pipeline.startServices();
     return pipeline;
@@ -131,7 +134,7 @@ export class Pipeline {
         cb();
       },
     });
-    this.running = await runServices(this.services, this.config, { logDestination: sink, docker });
+    this.running = await runServices(this.services, this.config, { logDestination: sink, docker: this.serviceDocker });
   }
 
   async stopServices(): Promise<void> {
@@ -178,6 +181,12 @@ export class Pipeline {
   /** `subject outcome` of a run's events, in order, for compact assertions. */
   trail(runId: string): string[] {
     return this.eventsOf(runId).map((e) => (e.data.outcome !== undefined ? `${e.subject} ${e.data.outcome}` : e.subject));
+  }
+
+  /** Run ids a stand-in image recorded at each container start (`<name>-starts.log` in the AWS dir). */
+  starts(name: 'transform' | 'load' | 'train'): string[] {
+    const file = join(this.dirs.aws, `${name}-starts.log`);
+    return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter((l) => l !== '') : [];
   }
 
   logLinesOf(runId: string, stage?: string): string[] {

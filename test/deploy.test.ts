@@ -1,0 +1,336 @@
+/**
+ * The server-side deploy (deploy/deploy.sh) driven over a real sshd on loopback, logging in as a
+ * dedicated user created by deploy/install-deploy-user.sh whose only key has a forced command.
+ * Compose and docker are fakes that record their arguments, so nothing is pulled or started.
+ */
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { SSHD_BIN, sshRun, startSshd, type Sshd, type SshResult } from './helpers/sshd';
+
+const repo = resolve(__dirname, '..', '..');
+const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+const haveSshd = existsSync(SSHD_BIN);
+const skip = !isRoot
+  ? 'needs root (creates a user and runs sshd)'
+  : !haveSshd && process.env.CI === undefined
+    ? `${SSHD_BIN} missing (apt-get install openssh-server)`
+    : false;
+
+t.test('deploy over ssh with a forced-command key', { skip, timeout: 90_000 }, async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'brain-deploy-'));
+  chmodSync(root, 0o755); // the deploy user must traverse it to reach its home and prefix
+  const user = `bdtest${randomBytes(4).toString('hex')}`;
+  const prefix = join(root, 'opt', 'brain');
+  const home = join(root, 'home', user);
+  const bin = join(root, 'bin');
+  const rec = join(root, 'rec'); // written by the fakes, as the deploy user
+  const key = join(root, 'id_ed25519');
+  let sshd: Sshd | undefined;
+
+  t.teardown(async () => {
+    await sshd?.stop();
+    try {
+      execFileSync('userdel', [user], { stdio: 'ignore' });
+    } catch {
+      /* not created */
+    }
+    try {
+      execFileSync('groupdel', [user], { stdio: 'ignore' });
+    } catch {
+      /* removed with the user */
+    }
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  // --- the server: user, layout, config, fakes ---------------------------------------------------
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'ci-deploy', '-f', key]);
+  const install = execFileSync(
+    'bash',
+    [
+      join(repo, 'deploy', 'install-deploy-user.sh'),
+      '--user', user,
+      '--prefix', prefix,
+      '--home', home,
+      '--key', `${key}.pub`,
+      '--image-repo', 'registry.test/acme/brain-pipeline',
+      '--no-docker-group',
+    ],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  t.match(install, /can now run only/);
+  const uid = Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim());
+  const gid = Number(execFileSync('id', ['-g', user], { encoding: 'utf8' }).trim());
+
+  const authorizedKeys = readFileSync(join(home, '.ssh', 'authorized_keys'), 'utf8');
+  t.match(authorizedKeys, new RegExp(`^command="${prefix}/deploy\\.sh",restrict,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty`));
+  t.equal(statSync(join(home, '.ssh', 'authorized_keys')).uid, 0, 'authorized_keys is root-owned: the user cannot add keys');
+  t.equal(statSync(join(prefix, 'deploy.sh')).uid, 0, 'deploy.sh is root-owned');
+  t.equal(statSync(join(prefix, 'env')).mode & 0o777, 0o700, 'env dir is 700');
+  t.equal(statSync(prefix).mode & 0o7777, 0o1775, 'prefix is sticky and group-writable');
+
+  mkdirSync(bin);
+  mkdirSync(rec);
+  chownSync(rec, uid, gid);
+  // Fake compose: records "BRAIN_IMAGE|args"; `ps -a -q` prints one container id per tag.
+  writeFileSync(
+    join(bin, 'fake-compose'),
+    `#!/bin/sh
+printf '%s|%s\\n' "$BRAIN_IMAGE" "$*" >>${rec}/compose.log
+for a in "$@"; do
+  case "$a" in
+    pull) if [ -e ${rec}/pull-fail ]; then echo "fake pull failed" >&2; exit 1; fi ;;
+    ps) echo "brain-\${BRAIN_IMAGE##*:}"; exit 0 ;;
+  esac
+done
+exit 0
+`,
+    { mode: 0o755 },
+  );
+  // Fake docker: `inspect` reports a container unhealthy when rec/unhealthy-<id> exists.
+  writeFileSync(
+    join(bin, 'fake-docker'),
+    `#!/bin/sh
+[ "$1" = inspect ] || exit 1
+shift 3
+for id in "$@"; do
+  if [ -e ${rec}/unhealthy-$id ]; then echo "/$id running 0 unhealthy"; else echo "/$id running 0 healthy"; fi
+done
+`,
+    { mode: 0o755 },
+  );
+  const writeConf = (extra = '') =>
+    writeFileSync(
+      join(prefix, 'deploy.conf'),
+      `BRAIN_ROOT=${prefix}
+BRAIN_IMAGE_REPO=registry.test/acme/brain-pipeline
+COMPOSE_PROJECT=brain
+COMPOSE_CMD=${bin}/fake-compose
+DOCKER_CMD=${bin}/fake-docker
+HEALTH_TIMEOUT=5
+${extra}
+`,
+      { mode: 0o644 },
+    );
+  writeConf();
+
+  sshd = await startSshd({ dir: root, allowUser: user });
+  const server = sshd;
+  const outputs: string[] = [];
+  const ssh = async (command: string | undefined, input?: Buffer | string, options?: string[]): Promise<SshResult> => {
+    const r = await sshRun(server, user, key, { command, input, options });
+    outputs.push(r.stdout, r.stderr);
+    return r;
+  };
+  const composeLog = () => {
+    const file = join(rec, 'compose.log');
+    return existsSync(file) ? readFileSync(file, 'utf8').trim().split('\n') : [];
+  };
+  const makeRelease = (name: string, files: Record<string, string>): Buffer => {
+    const dir = join(root, 'src', name);
+    for (const [rel, content] of Object.entries(files)) {
+      mkdirSync(join(dir, rel, '..'), { recursive: true });
+      writeFileSync(join(dir, rel), content);
+    }
+    return execFileSync('tar', ['-cf', '-', '-C', dir, '.']);
+  };
+  const currentTag = () => /^TAG=(.*)$/m.exec(readFileSync(join(prefix, 'current', '.brain-release'), 'utf8'))?.[1];
+  const image = (tag: string) => `registry.test/acme/brain-pipeline:${tag}`;
+
+  // --- secrets -------------------------------------------------------------------------------------
+  const secret = `s3cret-${randomBytes(12).toString('hex')}`;
+  const token = `tok-${randomBytes(12).toString('hex')}`;
+  await t.test('secrets land in env/ with mode 600 and are never echoed', async (t) => {
+    const r = await ssh('secrets brain.env', `# brain\nNATS_PASSWORD=${secret}\nexport API_TOKEN="${token}"\n`);
+    t.equal(r.code, 0, r.stderr);
+    t.match(r.stderr, /wrote env\/brain\.env \(2 variables, mode 600\)/);
+    const file = join(prefix, 'env', 'brain.env');
+    const st = statSync(file);
+    t.equal(st.mode & 0o777, 0o600);
+    t.equal(st.uid, uid);
+    t.equal(readFileSync(file, 'utf8'), `# brain\nNATS_PASSWORD=${secret}\nexport API_TOKEN="${token}"\n`);
+
+    const bad = await ssh('secrets brain.env', `NATS_PASSWORD=${secret}\nthis line leaks ${secret}\n`);
+    t.not(bad.code, 0, 'a malformed env file is refused');
+    t.match(bad.stderr, /line 2 is not KEY=VALUE/);
+    t.equal(readFileSync(file, 'utf8').includes(token), true, 'the refused upload left the old file alone');
+    t.not((await ssh('secrets ../../etc/x.env', 'A=1\n')).code, 0, 'secrets name is validated');
+  });
+
+  // --- deploys -------------------------------------------------------------------------------------
+  const rel1 = makeRelease('r1', {
+    'docker-compose.yml': 'services:\n  brain:\n    image: ${BRAIN_IMAGE:-brain-pipeline:latest}\n',
+    'nats/nats.conf': 'port: 4222 # v1\n',
+    'obsolete.txt': 'removed in the next release\n',
+  });
+  const rel2 = makeRelease('r2', {
+    'docker-compose.yml': 'services:\n  brain:\n    image: ${BRAIN_IMAGE:-brain-pipeline:latest}\n',
+    'nats/nats.conf': 'port: 4222 # v2\n',
+  });
+
+  await t.test('a deploy lands the files and runs compose with the new tag', async (t) => {
+    const r = await ssh('deploy sha1111', rel1);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(currentTag(), 'sha1111');
+    t.equal(readFileSync(join(prefix, 'current', 'nats', 'nats.conf'), 'utf8'), 'port: 4222 # v1\n');
+    t.ok(existsSync(join(prefix, 'current', 'obsolete.txt')));
+    t.equal(readFileSync(join(prefix, 'current', 'env', 'brain.env'), 'utf8').includes(secret), true, 'release sees env/ via symlink');
+    const dir = realpathSync(join(prefix, 'current'));
+    t.same(
+      composeLog().filter((l) => !l.endsWith(' ps -a -q')),
+      [
+        `${image('sha1111')}|-p brain --project-directory ${dir} -f ${dir}/docker-compose.yml pull`,
+        `${image('sha1111')}|-p brain --project-directory ${dir} -f ${dir}/docker-compose.yml up -d --remove-orphans`,
+      ],
+    );
+    t.equal(readFileSync(join(prefix, 'state', 'current_tag'), 'utf8'), 'sha1111\n');
+  });
+
+  await t.test('files removed from the release disappear from the server', async (t) => {
+    const r = await ssh('deploy sha2222', rel2);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(currentTag(), 'sha2222');
+    t.notOk(existsSync(join(prefix, 'current', 'obsolete.txt')), 'obsolete.txt is gone');
+    t.equal(readFileSync(join(prefix, 'current', 'nats', 'nats.conf'), 'utf8'), 'port: 4222 # v2\n');
+    t.match(readlinkSync(join(prefix, 'current')), /^releases\//, 'current is a relative symlink into releases/');
+    t.match(readFileSync(join(prefix, 'state', 'previous', '.brain-release'), 'utf8'), /^TAG=sha1111$/m, 'previous tag recorded');
+    t.match(composeLog().at(-2) ?? '', new RegExp(`^${image('sha2222')}\\|.* up -d --remove-orphans$`));
+  });
+
+  await t.test('a failed health check rolls back to the previous release and tag', async (t) => {
+    writeFileSync(join(rec, 'unhealthy-brain-shabad1'), '');
+    const before = composeLog().length;
+    const r = await ssh('deploy shabad1', makeRelease('rbad', { 'compose.yaml': 'services: {}\n', 'new.txt': 'x\n' }));
+    t.equal(r.code, 1, 'deploy fails');
+    t.match(r.stderr, /brain-shabad1 is unhealthy/);
+    t.match(r.stderr, /rolled back to sha2222/);
+    const ups = composeLog()
+      .slice(before)
+      .filter((l) => l.endsWith(' up -d --remove-orphans'))
+      .map((l) => l.split('|')[0]);
+    t.same(ups, [image('shabad1'), image('sha2222')], 'the new tag went up, then the previous one');
+    t.equal(currentTag(), 'sha2222');
+    t.notOk(existsSync(join(prefix, 'current', 'new.txt')), 'the failed release files are no longer current');
+    t.ok(existsSync(join(prefix, 'current', 'docker-compose.yml')));
+    t.equal(readFileSync(join(prefix, 'state', 'current_tag'), 'utf8'), 'sha2222\n');
+  });
+
+  await t.test('the health check can be overridden (HEALTH_CMD) and its failure rolls back too', async (t) => {
+    writeConf(`HEALTH_CMD='test "$BRAIN_TAG" != sha3333'\nHEALTH_TIMEOUT=0`);
+    const before = composeLog().length;
+    const r = await ssh('deploy sha3333', rel1);
+    t.equal(r.code, 1);
+    const ups = composeLog()
+      .slice(before)
+      .filter((l) => l.endsWith(' up -d --remove-orphans'))
+      .map((l) => l.split('|')[0]);
+    t.same(ups, [image('sha3333'), image('sha2222')]);
+    t.equal(currentTag(), 'sha2222');
+    writeConf();
+  });
+
+  await t.test('a failed pull changes nothing', async (t) => {
+    writeFileSync(join(rec, 'pull-fail'), '');
+    const before = composeLog().length;
+    const r = await ssh('deploy sha4444', rel1);
+    t.equal(r.code, 1);
+    t.match(r.stderr, /pull failed; nothing was changed/);
+    t.notOk(composeLog().slice(before).some((l) => l.includes(' up ')), 'no up');
+    t.equal(currentTag(), 'sha2222');
+    unlinkSync(join(rec, 'pull-fail'));
+  });
+
+  await t.test('status and manual rollback', async (t) => {
+    const s = await ssh('status');
+    t.equal(s.code, 0, s.stderr);
+    t.match(s.stdout, /current: \S+ sha2222/);
+    t.match(s.stdout, /previous: \S+ sha1111/);
+    const r = await ssh('rollback');
+    t.equal(r.code, 0, r.stderr);
+    t.equal(currentTag(), 'sha1111');
+    t.ok(existsSync(join(prefix, 'current', 'obsolete.txt')));
+    t.match(composeLog().at(-2) ?? '', new RegExp(`^${image('sha1111')}\\|.* up -d --remove-orphans$`));
+  });
+
+  await t.test('the release tarball is checked', async (t) => {
+    const link = join(root, 'src', 'evil');
+    mkdirSync(link, { recursive: true });
+    writeFileSync(join(link, 'docker-compose.yml'), 'services: {}\n');
+    execFileSync('ln', ['-s', '/etc/passwd', join(link, 'passwd')]);
+    const withLink = execFileSync('tar', ['-cf', '-', '-C', link, '.']);
+    t.not((await ssh('deploy shaevil', withLink)).code, 0, 'symlinks refused');
+    t.not((await ssh('deploy shaevil', makeRelease('noenv', { 'docker-compose.yml': 'x', 'env/brain.env': 'A=1' }))).code, 0, 'env/ refused');
+    t.not((await ssh('deploy shaevil', makeRelease('nocompose', { 'x.txt': 'x' }))).code, 0, 'compose file required');
+    t.not((await ssh('deploy shaevil', 'not a tarball')).code, 0, 'garbage refused');
+    t.equal(currentTag(), 'sha1111', 'nothing changed');
+  });
+
+  // --- the key can do nothing else ---------------------------------------------------------------
+  await t.test('the deploy key can run nothing but the deploy command', async (t) => {
+    const refused = [
+      'id',
+      'cat /etc/passwd',
+      'sh',
+      'bash -i',
+      'deploy',
+      'deploy ../../../etc',
+      'deploy a;id',
+      'deploy $(id)',
+      'deploy `id`',
+      'deploy sha1 extra',
+      'deploy -x',
+      'secrets brain.env; id',
+      'rollback now',
+      'scp -t /tmp',
+      'DEPLOY sha1',
+    ];
+    for (const command of refused) {
+      const r = await ssh(command, '');
+      t.equal(r.code, 2, `refused: ${command}`);
+      t.notMatch(r.stdout + r.stderr, /uid=\d+|root:x:0:0/, `no command output for: ${command}`);
+    }
+    const login = await ssh(undefined, '');
+    t.not(login.code, 0, 'no interactive login');
+    t.match(login.stderr, /interactive logins are not allowed/);
+
+    const sftp = await ssh('sftp', '', ['-s']);
+    t.not(sftp.code, 0, 'no sftp subsystem');
+
+    const pty = await ssh('status', '', ['-tt']);
+    t.match(pty.stderr, /PTY allocation request failed/, 'no pty');
+
+    const stdio = await ssh(undefined, '', ['-W', `127.0.0.1:${server.port}`]);
+    t.not(stdio.code, 0, 'no direct-tcpip (-W) forwarding');
+    t.match(stdio.stderr, /stdio forwarding failed|administratively prohibited|open failed/);
+    t.match(server.log(), /refused local port forward/, 'sshd refused it because of the key restrictions');
+
+    const remote = await ssh(undefined, '', ['-N', '-o', 'ExitOnForwardFailure=yes', '-R', `127.0.0.1:0:127.0.0.1:${server.port}`]);
+    t.not(remote.code, 0, 'no remote port forwarding');
+    t.match(remote.stderr, /remote port forwarding failed/);
+
+  });
+
+  await t.test('no secret value ever appears in the deploy output', async (t) => {
+    const all = outputs.join('\n');
+    t.ok(all.length > 0);
+    t.notOk(all.includes(secret), 'NATS_PASSWORD value not echoed');
+    t.notOk(all.includes(token), 'API_TOKEN value not echoed');
+    t.notOk(readFileSync(join(rec, 'compose.log'), 'utf8').includes(secret));
+  });
+});

@@ -2,6 +2,11 @@ import { Command, InvalidArgumentError } from 'commander';
 import { SERVICE_NAMES, environmentWithDotenv, loadConfig, type ServiceName } from '../shared/config';
 import { ConfigError, describeError } from '../shared/errors';
 import { runServices } from './run';
+import { logsCommand } from './commands/logs';
+import { runsCommand } from './commands/runs';
+import { statusCommand } from './commands/status';
+import { triggerCommand } from './commands/trigger';
+import { watchCommand } from './commands/watch';
 
 function serviceName(value: string): ServiceName {
   if (!(SERVICE_NAMES as readonly string[]).includes(value)) {
@@ -42,6 +47,7 @@ export function buildProgram(): Command {
     .command('up')
     .description('run all five services in one process')
     .action(() => serve(SERVICE_NAMES));
+  for (const command of [triggerCommand(), watchCommand(), runsCommand(), logsCommand(), statusCommand()]) program.addCommand(command);
   return program;
 }
 

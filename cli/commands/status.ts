@@ -1,0 +1,172 @@
+import { Command } from 'commander';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { Svcm, type ServiceInfo } from '@nats-io/services';
+import { SERVICE_NAMES } from '../../shared/config';
+import { describeError } from '../../shared/errors';
+import { Subjects } from '../../shared/events';
+import { LeaseValue } from '../../shared/lock';
+import { EVENTS_STREAM, LOCKS_BUCKET } from '../../shared/nats';
+import { withClient } from '../client';
+import { recentRuns } from '../history';
+import { formatDuration, paintOutcome, painter, parseMessage, useColour } from '../view';
+
+const isNotFound = (err: unknown) => /stream not found|10059|bucket not found/i.test(describeError(err));
+
+/** How long to collect replies from the services API. */
+const DISCOVERY_WAIT_MS = 1500;
+
+interface ServiceStatus {
+  service: string;
+  up: boolean;
+  instances: { id: string; version: string; startedAt?: string; holder?: string }[];
+}
+
+interface LockStatus {
+  key: 'transform' | 'model';
+  held: boolean;
+  runId?: string;
+  holder?: string;
+  stage?: string;
+  /** Since the run started (from the history), when it is known. */
+  heldForMs?: number;
+  /** Since the holder last refreshed the lease. */
+  refreshedMsAgo?: number;
+  invalid?: string;
+}
+
+type StageName = 'transform' | 'load' | 'model';
+/** The last *.done event of a stage; `invalid` when it did not validate. */
+type LastRun =
+  | { stage: StageName; runId: string; at: string; outcome: string; durationMs: number; error?: string }
+  | { stage: StageName; at: string; invalid: string }
+  | { stage: StageName };
+
+async function services(nc: NatsConnection): Promise<ServiceStatus[]> {
+  const infos: ServiceInfo[] = [];
+  try {
+    const replies = await new Svcm(nc).client({ strategy: 'timer', maxWait: DISCOVERY_WAIT_MS }).info();
+    for await (const info of replies) infos.push(info);
+  } catch (err) {
+    if (!/no responders|503/i.test(describeError(err))) throw err;
+  }
+  return SERVICE_NAMES.map((service) => {
+    const instances = infos
+      .filter((i) => i.name === `brain-${service}`)
+      .map((i) => ({
+        id: i.id,
+        version: i.version,
+        ...(i.metadata?.startedAt !== undefined ? { startedAt: i.metadata.startedAt } : {}),
+        ...(i.metadata?.holder !== undefined ? { holder: i.metadata.holder } : {}),
+      }));
+    return { service, up: instances.length > 0, instances };
+  });
+}
+
+async function locks(nc: NatsConnection): Promise<LockStatus[]> {
+  const kv = await new Kvm(nc).open(LOCKS_BUCKET);
+  const keys = ['transform', 'model'] as const;
+  // No bucket yet: no service has ever started, so no lock is held.
+  const entries = await Promise.all(keys.map((key) => kv.get(key))).catch((err: unknown) => {
+    if (isNotFound(err)) return keys.map(() => null);
+    throw err;
+  });
+  const held = keys.map((key, i): LockStatus => {
+    const entry = entries[i];
+    if (entry === null || entry === undefined || entry.operation !== 'PUT') return { key, held: false };
+    const refreshedMsAgo = Date.now() - entry.created.getTime();
+    let json: unknown;
+    try {
+      json = JSON.parse(entry.string());
+    } catch {
+      json = undefined;
+    }
+    const value = LeaseValue.safeParse(json);
+    if (!value.success) return { key, held: true, refreshedMsAgo, invalid: `unreadable lease value: ${entry.string().slice(0, 80)}` };
+    return { key, held: true, runId: value.data.runId, holder: value.data.holder, stage: value.data.stage, refreshedMsAgo };
+  });
+  if (held.some((l) => l.runId !== undefined)) {
+    const { runs } = await recentRuns(nc, 20);
+    for (const lock of held) {
+      const run = runs.find((r) => r.runId === lock.runId);
+      if (run !== undefined) lock.heldForMs = Date.now() - Date.parse(run.startedAt);
+    }
+  }
+  return held;
+}
+
+async function lastRuns(nc: NatsConnection): Promise<LastRun[]> {
+  const jsm = await jetstreamManager(nc);
+  const stages = [
+    ['transform', Subjects.transformDone],
+    ['load', Subjects.loadDone],
+    ['model', Subjects.modelDone],
+  ] as const;
+  return Promise.all(
+    stages.map(async ([stage, subject]): Promise<LastRun> => {
+      const stored = await jsm.streams.getMessage(EVENTS_STREAM, { last_by_subj: subject }).catch((err: unknown) => {
+        if (isNotFound(err)) return null;
+        throw err;
+      });
+      if (stored === null) return { stage };
+      const at = stored.time.toISOString();
+      const m = parseMessage(stored.subject, stored.data);
+      if (m.kind === 'invalid') return { stage, at, invalid: m.error };
+      if (m.kind !== 'event' || !('outcome' in m.event)) return { stage, at, invalid: `unexpected ${m.subject} event` };
+      const { runId, outcome, durationMs, error } = m.event;
+      return { stage, runId, at, outcome, durationMs, ...(error !== undefined ? { error } : {}) };
+    }),
+  );
+}
+
+function render(status: { services: ServiceStatus[]; locks: LockStatus[]; lastRuns: LastRun[] }, colour: boolean): string {
+  const paint = painter(colour);
+  const out = ['services'];
+  for (const s of status.services) {
+    const state = s.up ? paint('green', 'up') : paint('red', 'down');
+    const detail = s.instances.map((i) => {
+      const uptime = i.startedAt !== undefined ? ` up ${formatDuration(Date.now() - Date.parse(i.startedAt))}` : '';
+      return `${i.holder ?? i.id}${uptime}`;
+    });
+    out.push(`  ${s.service.padEnd(12)} ${state}${' '.repeat(s.up ? 4 : 2)} ${detail.join(', ')}`.trimEnd());
+  }
+  out.push('locks');
+  for (const l of status.locks) {
+    if (!l.held) out.push(`  ${l.key.padEnd(12)} ${paint('dim', 'free')}`);
+    else if (l.invalid !== undefined) out.push(`  ${l.key.padEnd(12)} ${paint('red', 'held')}   ${l.invalid}`);
+    else {
+      const age = l.heldForMs !== undefined ? `for ${formatDuration(l.heldForMs)}, ` : '';
+      const refreshed = l.refreshedMsAgo !== undefined ? `${age}refreshed ${formatDuration(l.refreshedMsAgo)} ago` : age;
+      out.push(`  ${l.key.padEnd(12)} ${paint('yellow', 'held')}   run ${l.runId} (${l.stage}) by ${l.holder}, ${refreshed}`);
+    }
+  }
+  out.push('last runs');
+  for (const r of status.lastRuns) {
+    const head = `  ${r.stage.padEnd(12)} `;
+    if (!('at' in r)) out.push(`${head}${paint('dim', 'none yet')}`);
+    else if ('invalid' in r) out.push(`${head}${paint('red', 'INVALID')} event (${r.invalid})`);
+    else {
+      const when = `${r.at.slice(0, 19).replace('T', ' ')} UTC (${formatDuration(Date.now() - Date.parse(r.at))} ago)`;
+      const error = r.error !== undefined ? `  ${paint('red', r.error)}` : '';
+      out.push(`${head}${r.runId}  ${paintOutcome(paint, r.outcome)} in ${formatDuration(r.durationMs)}, ended ${when}${error}`);
+    }
+  }
+  return out.join('\n');
+}
+
+export function statusCommand(): Command {
+  return new Command('status')
+    .description('which services are up, which locks are held, and the last run of each stage')
+    .option('--json', 'one JSON object')
+    .action((opts: { json?: boolean }) =>
+      withClient(async (nc) => {
+        const [svc, held, last] = await Promise.all([services(nc), locks(nc), lastRuns(nc)]);
+        if (opts.json === true) {
+          process.stdout.write(`${JSON.stringify({ services: svc, locks: held, lastRuns: last })}\n`);
+          return;
+        }
+        process.stdout.write(`${render({ services: svc, locks: held, lastRuns: last }, useColour(process.stdout))}\n`);
+      }),
+    );
+}

@@ -4,7 +4,7 @@
  * Compose and docker are fakes that record their arguments, so nothing is pulled or started.
  */
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
@@ -326,11 +326,97 @@ ${extra}
 
   });
 
+  // --- the CI clients: the deploy-client blocks of .gitlab-ci.yml and .github/workflows/deploy.yml ---
+  const ciRepo = join(root, 'ci-repo');
+  mkdirSync(join(ciRepo, 'deploy', 'nats'), { recursive: true });
+  writeFileSync(join(ciRepo, 'docker-compose.yml'), 'services:\n  brain:\n    image: ${BRAIN_IMAGE:-brain-pipeline:latest}\n');
+  writeFileSync(join(ciRepo, 'deploy', 'nats', 'nats.conf'), 'port: 4222 # ci\n');
+  writeFileSync(join(ciRepo, 'deploy', 'deploy.sh'), '# not part of a release\n');
+  writeFileSync(join(ciRepo, 'README.md'), 'not in RELEASE_PATHS\n');
+  const git = (...args: string[]) =>
+    execFileSync('git', ['-c', 'user.name=ci', '-c', 'user.email=ci@example.invalid', '-c', 'init.defaultBranch=main', ...args], { cwd: ciRepo, stdio: 'ignore' });
+  git('init', '-q');
+  git('add', '.');
+  git('commit', '-q', '-m', 'release');
+  writeFileSync(join(ciRepo, 'deploy', 'nats', 'untracked.conf'), 'not committed\n');
+  const ciSecret = `ci-secret-${randomBytes(12).toString('hex')}`;
+
+  for (const [file, style] of [
+    ['.gitlab-ci.yml', 'file'],
+    ['.github/workflows/deploy.yml', 'value'],
+  ] as const) {
+    await t.test(`${file}: the deploy client ships tracked release files and secrets`, async (t) => {
+      const script = extractBlock(readFileSync(join(repo, file), 'utf8'), '# deploy-client');
+      const tag = `ci${style}${randomBytes(3).toString('hex')}`;
+      const asFile = (name: string, content: string) => {
+        const path = join(root, `${style}-${name}`);
+        writeFileSync(path, content, { mode: 0o600 });
+        return path;
+      };
+      const keyText = readFileSync(key, 'utf8').trimEnd(); // GitLab File variables may lack the newline
+      const knownHostsText = readFileSync(server.knownHosts, 'utf8');
+      const brainEnv = `NATS_PASSWORD=${ciSecret}\n`;
+      const env: NodeJS.ProcessEnv = {
+        PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+        HOME: root,
+        DEPLOY_HOST: '127.0.0.1',
+        DEPLOY_PORT: String(server.port),
+        DEPLOY_USER: user,
+        DEPLOY_TAG: tag,
+        DEPLOY_ENV_FILES: 'brain.env:BRAIN_ENV nats.env:NATS_ENV',
+        RELEASE_PATHS: 'docker-compose.yml docker-compose.yaml compose.yaml compose.yml deploy',
+        DEPLOY_SSH_KEY: style === 'file' ? asFile('key', keyText) : keyText,
+        DEPLOY_KNOWN_HOSTS: style === 'file' ? asFile('known_hosts', knownHostsText) : knownHostsText,
+        BRAIN_ENV: style === 'file' ? asFile('brain.env', brainEnv) : brainEnv,
+      };
+      const r = await new Promise<SshResult>((resolvePromise, reject) => {
+        const child = spawn('sh', ['-c', script], { cwd: ciRepo, env, stdio: ['ignore', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+        child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+        child.once('error', reject);
+        child.once('close', (code) => resolvePromise({ code, stdout, stderr }));
+      });
+      outputs.push(r.stdout, r.stderr);
+      t.equal(r.code, 0, r.stderr);
+      t.equal(currentTag(), tag);
+      t.equal(readFileSync(join(prefix, 'current', 'deploy', 'nats', 'nats.conf'), 'utf8'), 'port: 4222 # ci\n');
+      t.ok(existsSync(join(prefix, 'current', 'docker-compose.yml')));
+      t.notOk(existsSync(join(prefix, 'current', 'deploy', 'deploy.sh')), 'deploy.sh is not shipped');
+      t.notOk(existsSync(join(prefix, 'current', 'deploy', 'nats', 'untracked.conf')), 'untracked files are not shipped');
+      t.notOk(existsSync(join(prefix, 'current', 'README.md')), 'only RELEASE_PATHS are shipped');
+      t.notOk(existsSync(join(prefix, 'current', 'obsolete.txt')), 'files of older releases are gone');
+      t.equal(readFileSync(join(prefix, 'env', 'brain.env'), 'utf8').trimEnd(), `NATS_PASSWORD=${ciSecret}`);
+      t.equal(statSync(join(prefix, 'env', 'brain.env')).mode & 0o777, 0o600);
+      t.match(r.stdout, /env\/nats\.env: NATS_ENV is not set/);
+      t.notOk((r.stdout + r.stderr).includes(ciSecret), 'the secret is not in the job log');
+      t.notOk((r.stdout + r.stderr).includes('PRIVATE KEY'), 'the key is not in the job log');
+      t.match(composeLog().at(-2) ?? '', new RegExp(`^${image(tag)}\\|.* up -d --remove-orphans$`));
+    });
+  }
+
   await t.test('no secret value ever appears in the deploy output', async (t) => {
     const all = outputs.join('\n');
     t.ok(all.length > 0);
     t.notOk(all.includes(secret), 'NATS_PASSWORD value not echoed');
     t.notOk(all.includes(token), 'API_TOKEN value not echoed');
+    t.notOk(all.includes(ciSecret), 'CI secret not echoed');
     t.notOk(readFileSync(join(rec, 'compose.log'), 'utf8').includes(secret));
   });
 });
+
+/** The lines of the indented block that starts with `marker` (a YAML `run: |` / `- |` body), dedented. */
+function extractBlock(text: string, marker: string): string {
+  const lines = text.split('\n');
+  const start = lines.findIndex((l) => l.trimStart().startsWith(marker));
+  const first = lines[start];
+  if (start < 0 || first === undefined) throw new Error(`no "${marker}" block`);
+  const indent = first.length - first.trimStart().length;
+  const out: string[] = [];
+  for (const line of lines.slice(start)) {
+    if (line.trim() !== '' && line.length - line.trimStart().length < indent) break;
+    out.push(line.slice(indent));
+  }
+  return out.join('\n');
+}

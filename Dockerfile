@@ -1,0 +1,28 @@
+# brain-pipeline: one image for all five services (`brain service <name>`, or `brain up`).
+# NODE_IMAGE lets a build use a mirrored or locally assembled node image instead of Docker Hub's.
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# Build: all dependencies, compile, then drop the dev dependencies.
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+# --ignore-scripts: `prepare` would compile before the sources are here; no dependency needs an install script.
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json ./
+COPY shared ./shared
+COPY services ./services
+COPY cli ./cli
+RUN npx tsc -p tsconfig.json && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
+
+# Runtime: production dependencies, compiled code and the launcher; non-root by default.
+FROM ${NODE_IMAGE}
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build /app/package.json ./
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY bin ./bin
+USER node
+EXPOSE 8080
+ENTRYPOINT ["node", "/app/bin/brain.js"]
+CMD ["up"]

@@ -1,0 +1,143 @@
+/**
+ * Compose smoke test: the repository's docker-compose.yml with images made on this machine
+ * (no registry), the stand-in stage images, a full chain triggered by the operator user.
+ */
+import t from 'tap';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
+import { ENV_FILES } from '../shared/envfile';
+import { SERVICE_NAMES } from '../shared/config';
+import { TEST_IMAGES, buildTestImages } from './fixtures/build-images';
+import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from './helpers/compose-images';
+import { BRAIN_TEST_IMAGE, ComposeProject, buildBrainImage } from './helpers/compose';
+import { uid } from './helpers/pipeline';
+
+const DOCKER_SERVICES = ['transformer', 'loader', 'model-gate', 'trainer'];
+
+t.test('compose stack: healthy, role permissions, a full chain, clean teardown', async (t) => {
+  buildTestImages();
+  buildNodeBaseImage();
+  buildNatsImage();
+  await buildBrainImage();
+
+  const root = mkdtempSync(join(tmpdir(), 'brain-compose-'));
+  const dirs = { env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
+  for (const dir of Object.values(dirs)) mkdirSync(dir);
+  const envFiles: Record<keyof typeof ENV_FILES, string> = {
+    transform: 'NEW_DATA=1\n',
+    loadProcessed: 'TARGET=processed\n',
+    loadViz: 'TARGET=viz\n',
+    modelTrigger: 'MISMATCH=1\n',
+    train: '',
+  };
+  for (const [key, text] of Object.entries(envFiles)) writeFileSync(join(dirs.env, ENV_FILES[key as keyof typeof ENV_FILES]), text);
+
+  // nats-server parses an interpolated value as a config value: a password must start with a letter.
+  const password = () => `p${randomBytes(12).toString('hex')}`;
+  const pass = { monitor: password(), operator: password() };
+  const project = new ComposeProject(`braintest${randomBytes(4).toString('hex')}`, {
+    BRAIN_IMAGE: BRAIN_TEST_IMAGE,
+    NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
+    NATS_CONFIG: 'nats-2.9.conf',
+    NATS_PUBLISH: '127.0.0.1:',
+    BRAIN_ENV_HOST_DIR: dirs.env,
+    HOST_AWS_DIR: dirs.aws,
+    HOST_PROCESSED_DIR: dirs.processed,
+    HOST_VIZ_DIR: dirs.viz,
+    TRANSFORM_IMAGE: TEST_IMAGES.transform,
+    LOAD_IMAGE: TEST_IMAGES.load,
+    MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
+    TRAIN_IMAGE: TEST_IMAGES.train,
+    PULL_POLICY: 'never',
+    LOG_LEVEL: 'debug',
+    NATS_SCHEDULER_PASS: password(),
+    NATS_TRANSFORMER_PASS: password(),
+    NATS_LOADER_PASS: password(),
+    NATS_MODEL_GATE_PASS: password(),
+    NATS_TRAINER_PASS: password(),
+    NATS_MONITOR_PASS: pass.monitor,
+    NATS_OPERATOR_PASS: pass.operator,
+  });
+  const runIds: string[] = [];
+  const connections: NatsConnection[] = [];
+  t.teardown(async () => {
+    await Promise.allSettled(connections.map((nc) => nc.close()));
+    try {
+      await project.destroy(runIds);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  await project.compose('up', '-d', '--no-build');
+  const containers = await project.waitHealthy(1 + SERVICE_NAMES.length, 120_000);
+  t.pass('nats and the five services are healthy');
+
+  const byService = new Map(containers.map((c) => [c.Config.Labels['com.docker.compose.service'], c]));
+  for (const name of SERVICE_NAMES) {
+    const c = byService.get(name);
+    const socket = c?.Mounts.some((m) => m.Destination === '/var/run/docker.sock') ?? false;
+    t.equal(socket, DOCKER_SERVICES.includes(name), `${name}: Docker socket ${socket ? 'mounted' : 'not mounted'}`);
+  }
+  t.equal(byService.get('scheduler')?.Config.User, 'node', 'the scheduler runs as the non-root node user');
+
+  const servers = `nats://${await project.published('nats', 4222)}`;
+  t.match(servers, /^nats:\/\/127\.0\.0\.1:\d+$/, 'NATS published on loopback only');
+  const monitor = await connect({ servers, user: 'monitor', pass: pass.monitor, name: 'compose-test-monitor' });
+  const operator = await connect({ servers, user: 'operator', pass: pass.operator, name: 'compose-test-operator' });
+  connections.push(monitor, operator);
+
+  const events: { subject: string; data: Record<string, unknown> }[] = [];
+  const waiters: (() => void)[] = [];
+  for (const subject of ['transform.>', 'data.>', 'load.>', 'model.>', 'rejected.>']) {
+    monitor.subscribe(subject, {
+      callback: (_err, msg: Msg) => {
+        events.push({ subject: msg.subject, data: msg.json<Record<string, unknown>>() });
+        for (const w of waiters) w();
+      },
+    });
+  }
+  await monitor.flush();
+  const waitFor = (pred: (e: (typeof events)[number]) => boolean, what: string, timeoutMs = 60_000) =>
+    new Promise<(typeof events)[number]>((resolve, reject) => {
+      const check = () => {
+        const found = events.find(pred);
+        if (found === undefined) return;
+        clearTimeout(timer);
+        resolve(found);
+      };
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; saw:\n${events.map((e) => `${e.subject} ${JSON.stringify(e.data)}`).join('\n')}`)), timeoutMs);
+      waiters.push(check);
+      check();
+    });
+
+  const violations: string[] = [];
+  void (async () => {
+    for await (const s of monitor.status()) if (s.type === 'error') violations.push(s.error.message);
+  })();
+  const refused = uid('mon');
+  runIds.push(refused);
+  monitor.publish('transform.trigger', JSON.stringify({ runId: refused, reason: 'test' }));
+  await monitor.flush();
+
+  const runId = uid();
+  runIds.push(runId);
+  operator.publish('transform.trigger', JSON.stringify({ runId, reason: 'test' }));
+  await operator.flush();
+
+  const end = await waitFor((e) => e.data.runId === runId && e.subject === 'model.done', `model.done of ${runId}`);
+  t.equal(end.data.outcome, 'trained', 'the operator-triggered run trained a model');
+  t.same(
+    events.filter((e) => e.data.runId === runId).map((e) => e.subject),
+    ['transform.trigger', 'transform.done', 'data.new', 'load.done', 'model.trigger', 'model.mismatch', 'model.done'],
+    'each event once, in order',
+  );
+  t.match(violations.join('\n'), /Permissions Violation for Publish to "transform.trigger"/, 'the monitor may not publish transform.trigger');
+  t.same(events.filter((e) => e.data.runId === refused), [], 'nothing ran for the monitor’s trigger');
+  t.same(readdirSync(join(dirs.aws, 'remote', 'processed')), [`${runId}.csv`], 'processed data pushed to the remote');
+  t.same(readdirSync(join(dirs.aws, 'remote', 'viz')), [`${runId}.png`], 'viz data pushed to the remote');
+  t.ok(existsSync(join(dirs.aws, 'models', `${runId}.bin`)), 'model written');
+});

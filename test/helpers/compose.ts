@@ -1,0 +1,102 @@
+/**
+ * Drives the repository's docker-compose.yml for the smoke test: builds the brain image without
+ * a registry, brings a uniquely named project up, and tears it down with everything it made.
+ */
+import { execFile } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import Docker from 'dockerode';
+import { LABELS } from '../../shared/docker';
+import { COMPOSE_BASE_IMAGES } from './compose-images';
+
+const run = promisify(execFile);
+
+export const REPO_ROOT = resolve(__dirname, '../../..');
+export const BRAIN_TEST_IMAGE = 'brain-test-pipeline:compose';
+
+const docker = new Docker();
+
+/**
+ * The runtime stage of the repository's Dockerfile, fed from this checkout's compiled dist/ and
+ * its node_modules pruned to production, instead of the build stage's `npm ci` (which needs the
+ * npm registry from inside a build container). Same base, user, layout and entrypoint.
+ */
+export async function buildBrainImage(tag = BRAIN_TEST_IMAGE): Promise<void> {
+  const dockerfile = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8');
+  const lastFrom = dockerfile.lastIndexOf('\nFROM ${NODE_IMAGE}');
+  if (lastFrom < 0) throw new Error('Dockerfile: no final `FROM ${NODE_IMAGE}` stage');
+  const runtime = dockerfile.slice(lastFrom + 1).replaceAll('COPY --from=build /app/', 'COPY ');
+  if (runtime.includes('--from=')) throw new Error('Dockerfile: the runtime stage copies something other than /app/* from build');
+  const context = mkdtempSync(join(tmpdir(), 'brain-image-'));
+  try {
+    writeFileSync(join(context, 'Dockerfile'), `ARG NODE_IMAGE\n${runtime}`);
+    for (const file of ['package.json', 'package-lock.json']) cpSync(join(REPO_ROOT, file), join(context, file));
+    cpSync(join(REPO_ROOT, 'bin'), join(context, 'bin'), { recursive: true });
+    for (const dir of ['cli', 'shared', 'services']) cpSync(join(REPO_ROOT, 'dist', dir), join(context, 'dist', dir), { recursive: true });
+    cpSync(join(REPO_ROOT, 'node_modules'), join(context, 'node_modules'), { recursive: true, verbatimSymlinks: true });
+    await run('npm', ['prune', '--omit=dev', '--offline', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: context });
+    await run('docker', ['build', '-q', '--build-arg', `NODE_IMAGE=${COMPOSE_BASE_IMAGES.node}`, '-t', tag, context], { maxBuffer: 16 * 1024 * 1024 });
+  } finally {
+    rmSync(context, { recursive: true, force: true });
+  }
+}
+
+export class ComposeProject {
+  constructor(
+    readonly name: string,
+    readonly env: Record<string, string>,
+  ) {}
+
+  /** Runs `docker-compose` on the repository's file with this project's name and environment. */
+  async compose(...args: string[]): Promise<string> {
+    try {
+      const { stdout } = await run('docker-compose', ['-p', this.name, '-f', join(REPO_ROOT, 'docker-compose.yml'), ...args], {
+        env: { ...process.env, ...this.env },
+        maxBuffer: 64 * 1024 * 1024,
+      });
+      return stdout;
+    } catch (err) {
+      const { stderr, message } = err as { stderr?: string; message: string };
+      throw new Error(`docker-compose ${args.join(' ')} failed: ${stderr ?? message}`);
+    }
+  }
+
+  async containers(): Promise<Docker.ContainerInspectInfo[]> {
+    const list = await docker.listContainers({ all: true, filters: { label: [`com.docker.compose.project=${this.name}`] } });
+    return Promise.all(list.map((c) => docker.getContainer(c.Id).inspect()));
+  }
+
+  /** Waits until every container of the project reports `healthy`; fails early on an exited one. */
+  async waitHealthy(expected: number, timeoutMs: number): Promise<Docker.ContainerInspectInfo[]> {
+    const deadline = Date.now() + timeoutMs;
+    let last: Docker.ContainerInspectInfo[] = [];
+    while (Date.now() < deadline) {
+      last = await this.containers();
+      const exited = last.find((c) => c.State.Status === 'exited' || c.State.Restarting);
+      if (exited !== undefined) throw new Error(`${exited.Name} is ${exited.State.Status}:\n${await this.compose('logs', '--no-color', '--tail', '50')}`);
+      if (last.length === expected && last.every((c) => c.State.Health?.Status === 'healthy')) return last;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    const states = last.map((c) => `${c.Name} ${c.State.Status} ${c.State.Health?.Status ?? 'no healthcheck'}`).join('\n');
+    throw new Error(`not all healthy after ${timeoutMs} ms:\n${states}\n${await this.compose('logs', '--no-color', '--tail', '50')}`);
+  }
+
+  /** The host address a service's container port is published on. */
+  async published(service: string, port: number): Promise<string> {
+    const container = (await this.containers()).find((c) => c.Config.Labels['com.docker.compose.service'] === service);
+    const binding = container?.NetworkSettings.Ports[`${port}/tcp`]?.[0];
+    if (binding === undefined) throw new Error(`${service}:${port} is not published`);
+    return `${binding.HostIp}:${binding.HostPort}`;
+  }
+
+  /** `down -v`, then any stage container of the given runs that the services left behind. */
+  async destroy(runIds: readonly string[]): Promise<void> {
+    await this.compose('down', '-v', '--remove-orphans', '--timeout', '20');
+    for (const runId of runIds) {
+      const left = await docker.listContainers({ all: true, filters: { label: [`${LABELS.managed}=true`, `${LABELS.runId}=${runId}`] } });
+      await Promise.all(left.map((c) => docker.getContainer(c.Id).remove({ force: true, v: true })));
+    }
+  }
+}

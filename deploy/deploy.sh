@@ -13,7 +13,9 @@
 #                    `compose up -d --remove-orphans` with BRAIN_IMAGE=<BRAIN_IMAGE_REPO>:<tag>,
 #                    health-checks, and rolls back to the previous release and tag on failure.
 #   secrets <name>   stdin: the content of a dotenv file; written to env/<name> (mode 600).
-#                    <name> must look like `brain.env`. Values are never printed.
+#                    <name> must look like `brain.env`. Values are never printed. The next deploy
+#                    copies env/*.env into its release (releases/<id>/env, mode 700/600), so a
+#                    rollback also restores the secrets the previous release ran with.
 #   rollback         re-deploys the previous release and tag.
 #   status           prints the current and previous tags and `compose ps`.
 #
@@ -31,6 +33,7 @@
 #   HEALTH_CMD=                                 custom health check (run with sh -c, exit 0 = healthy);
 #                                               empty = wait until every compose container is healthy
 #   HEALTH_TIMEOUT=120                          seconds
+#   PULL=yes                                    no: skip `compose pull` (images built or loaded on the server)
 #   KEEP_RELEASES=5                             older release directories are pruned
 #   MAX_RELEASE_BYTES=52428800                  upper bound on the release tarball
 #
@@ -56,6 +59,7 @@ COMPOSE_CMD=
 DOCKER_CMD=docker
 HEALTH_CMD=
 HEALTH_TIMEOUT=120
+PULL=yes
 KEEP_RELEASES=5
 MAX_RELEASE_BYTES=52428800
 if [ -f "$conf" ]; then
@@ -125,7 +129,7 @@ compose() {
   # COMPOSE_CMD is a command line ("docker compose"), so word splitting is intended.
   # shellcheck disable=SC2086
   (cd "$dir" &&
-    BRAIN_IMAGE="$BRAIN_IMAGE_REPO:$tag" BRAIN_ENV_DIR="$env_dir" COMPOSE_PROJECT_NAME="$COMPOSE_PROJECT" \
+    BRAIN_IMAGE="$BRAIN_IMAGE_REPO:$tag" BRAIN_ENV_DIR="$dir/env" COMPOSE_PROJECT_NAME="$COMPOSE_PROJECT" \
       $COMPOSE_CMD -p "$COMPOSE_PROJECT" --project-directory "$dir" -f "$file" "$@")
 }
 
@@ -136,6 +140,11 @@ release_tag() { # <release dir>: prints the tag recorded in it
 current_release() { # prints the release directory `current` points to, if any
   [ -L "$current" ] || return 0
   readlink -f "$current" || true
+}
+
+previous_release() { # prints the release directory recorded as previous, if any
+  [ -L "$state/previous" ] || return 0
+  readlink -f "$state/previous" || true
 }
 
 switch_current() { # atomically points `current` at <release dir>
@@ -169,7 +178,7 @@ health_check() { # <release dir> <tag>
     if [ -n "$HEALTH_CMD" ]; then
       rc=0
       (cd "$1" && BRAIN_IMAGE="$BRAIN_IMAGE_REPO:$2" BRAIN_TAG="$2" BRAIN_RELEASE_DIR="$1" \
-        BRAIN_ENV_DIR="$env_dir" COMPOSE_PROJECT_NAME="$COMPOSE_PROJECT" sh -c "$HEALTH_CMD") || rc=$?
+        BRAIN_ENV_DIR="$1/env" COMPOSE_PROJECT_NAME="$COMPOSE_PROJECT" sh -c "$HEALTH_CMD") || rc=$?
     else
       rc=0
       default_health "$1" "$2" || rc=$?
@@ -184,12 +193,12 @@ health_check() { # <release dir> <tag>
 prune_releases() {
   local keep=$KEEP_RELEASES cur prev dir n=0
   cur=$(current_release)
-  prev=$(readlink -f "$state/previous" 2>/dev/null || true)
+  prev=$(previous_release)
   # Newest first (release ids start with a UTC timestamp).
   while IFS= read -r dir; do
     n=$((n + 1))
     [ "$n" -le "$keep" ] && continue
-    [ "$releases/$dir" = "$cur" ] || [ "$releases/$dir" = "$prev" ] && continue
+    if [ "$releases/$dir" = "$cur" ] || [ "$releases/$dir" = "$prev" ]; then continue; fi
     rm -rf -- "${releases:?}/$dir"
   done < <(find "$releases" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort -r)
 }
@@ -251,12 +260,16 @@ do_deploy() {
   mkdir "$new"
   tar -xf "$tarball" -C "$new" --no-same-owner --no-same-permissions --no-overwrite-dir
   compose_file "$new" >/dev/null || { rm -rf -- "$new"; die 1 "release has no compose file (compose.yaml or docker-compose.yml)"; }
-  ln -s ../../env "$new/env"
+  # Each release gets its own copy of the env files, so a rollback restores the previous secrets too.
+  (umask 077 && mkdir "$new/env")
+  for f in "$env_dir"/*.env; do
+    [ -e "$f" ] || continue
+    (umask 077 && cp "$f" "$new/env/")
+  done
   printf 'TAG=%s\nIMAGE=%s:%s\nDEPLOYED_AT=%s\n' "$tag" "$BRAIN_IMAGE_REPO" "$tag" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$new/.brain-release"
   prev=$(current_release)
 
-  log "pulling $BRAIN_IMAGE_REPO:$tag"
-  if ! compose "$new" "$tag" pull; then
+  if [ "$PULL" != no ] && log "pulling $BRAIN_IMAGE_REPO:$tag" && ! compose "$new" "$tag" pull; then
     rm -rf -- "$new"
     die 1 "pull failed; nothing was changed"
   fi
@@ -269,7 +282,7 @@ do_rollback() {
   local cur prev prev_tag rc=0
   lock
   cur=$(current_release)
-  prev=$(readlink -f "$state/previous" 2>/dev/null || true)
+  prev=$(previous_release)
   if [ -z "$prev" ] || [ ! -d "$prev" ]; then die 1 "no previous release"; fi
   prev_tag=$(release_tag "$prev")
   log "manual rollback to $prev_tag"
@@ -301,7 +314,7 @@ do_secrets() {
 do_status() {
   local cur prev
   cur=$(current_release)
-  prev=$(readlink -f "$state/previous" 2>/dev/null || true)
+  prev=$(previous_release)
   printf 'current: %s %s\n' "$(basename "${cur:-none}")" "$( [ -n "$cur" ] && release_tag "$cur")"
   printf 'previous: %s %s\n' "$(basename "${prev:-none}")" "$( [ -n "$prev" ] && release_tag "$prev")"
   if [ -n "$cur" ]; then compose "$cur" "$(release_tag "$cur")" ps; fi

@@ -190,7 +190,9 @@ ${extra}
     t.equal(currentTag(), 'sha1111');
     t.equal(readFileSync(join(prefix, 'current', 'nats', 'nats.conf'), 'utf8'), 'port: 4222 # v1\n');
     t.ok(existsSync(join(prefix, 'current', 'obsolete.txt')));
-    t.equal(readFileSync(join(prefix, 'current', 'env', 'brain.env'), 'utf8').includes(secret), true, 'release sees env/ via symlink');
+    t.equal(readFileSync(join(prefix, 'current', 'env', 'brain.env'), 'utf8').includes(secret), true, 'the release has its copy of env/');
+    t.equal(statSync(join(prefix, 'current', 'env')).mode & 0o777, 0o700, 'release env dir is 700');
+    t.equal(statSync(join(prefix, 'current', 'env', 'brain.env')).mode & 0o777, 0o600, 'release env file is 600');
     const dir = realpathSync(join(prefix, 'current'));
     t.same(
       composeLog().filter((l) => !l.endsWith(' ps -a -q')),
@@ -215,6 +217,8 @@ ${extra}
 
   await t.test('a failed health check rolls back to the previous release and tag', async (t) => {
     writeFileSync(join(rec, 'unhealthy-brain-shabad1'), '');
+    const newSecrets = `NATS_PASSWORD=${secret}-rotated\n`;
+    t.equal((await ssh('secrets brain.env', newSecrets)).code, 0);
     const before = composeLog().length;
     const r = await ssh('deploy shabad1', makeRelease('rbad', { 'compose.yaml': 'services: {}\n', 'new.txt': 'x\n' }));
     t.equal(r.code, 1, 'deploy fails');
@@ -229,6 +233,8 @@ ${extra}
     t.notOk(existsSync(join(prefix, 'current', 'new.txt')), 'the failed release files are no longer current');
     t.ok(existsSync(join(prefix, 'current', 'docker-compose.yml')));
     t.equal(readFileSync(join(prefix, 'state', 'current_tag'), 'utf8'), 'sha2222\n');
+    t.ok(readFileSync(join(prefix, 'current', 'env', 'brain.env'), 'utf8').includes(`"${token}"`), 'the previous secrets are back');
+    t.equal(readFileSync(join(prefix, 'env', 'brain.env'), 'utf8'), newSecrets, 'the uploaded secrets stay staged for the next deploy');
   });
 
   await t.test('the health check can be overridden (HEALTH_CMD) and its failure rolls back too', async (t) => {
@@ -400,6 +406,7 @@ ${extra}
     const all = outputs.join('\n');
     t.ok(all.length > 0);
     t.notOk(all.includes(secret), 'NATS_PASSWORD value not echoed');
+    t.notOk(all.includes('-rotated'), 'rotated value not echoed');
     t.notOk(all.includes(token), 'API_TOKEN value not echoed');
     t.notOk(all.includes(ciSecret), 'CI secret not echoed');
     t.notOk(readFileSync(join(rec, 'compose.log'), 'utf8').includes(secret));

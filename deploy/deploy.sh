@@ -13,8 +13,9 @@
 #                    `compose up -d --remove-orphans` with BRAIN_IMAGE=<BRAIN_IMAGE_REPO>:<tag>,
 #                    health-checks, and rolls back to the previous release and tag on failure.
 #   secrets <name>   stdin: the content of a dotenv file; written to env/<name> (mode 600).
-#                    <name> must look like `brain.env`. Values are never printed. The next deploy
-#                    copies env/*.env into its release (releases/<id>/env, mode 700/600), so a
+#                    <name> is `.env` (compose's variables) or looks like `transform.env`.
+#                    Values are never printed. The next deploy copies env/*.env into its release's
+#                    env/ (over the repo's templates) and env/.env to its .env (mode 600), so a
 #                    rollback also restores the secrets the previous release ran with.
 #   rollback         re-deploys the previous release and tag.
 #   status           prints the current and previous tags and `compose ps`.
@@ -87,7 +88,7 @@ fi
 
 # --- the requested command ---------------------------------------------------------------------
 request=${SSH_ORIGINAL_COMMAND-}
-[ -n "$request" ] || die 2 "interactive logins are not allowed; usage: deploy <tag> | secrets <name>.env | rollback | status"
+[ -n "$request" ] || die 2 "interactive logins are not allowed; usage: deploy <tag> | secrets <name> | rollback | status"
 # Exactly one or two words of a restricted alphabet: no quoting, globbing or shell syntax gets in.
 [[ $request =~ ^([a-z]+)(\ ([A-Za-z0-9_.-]+))?$ ]] || die 2 "refused: not an allowed command"
 action=${BASH_REMATCH[1]}
@@ -237,7 +238,7 @@ activate() { # <new dir> <tag> <previous dir>
 
 # --- actions -----------------------------------------------------------------------------------
 do_deploy() {
-  local tag=$1 id new listing prev rc=0
+  local tag=$1 id new listing prev f dest rc=0
   [[ $tag =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die 2 "refused: invalid image tag"
   lock
   id="$(date -u +%Y%m%dT%H%M%SZ)-$$-${tag:0:12}"
@@ -254,17 +255,22 @@ do_deploy() {
   while IFS= read -r name; do
     case "/$name/" in
       */../* | //*) die 1 "release contains an unsafe path" ;;
-      /env/* | /./env/* | /.brain-release/* | /./.brain-release/* | /.failed/* | /./.failed/*) die 1 "release must not contain env/, .brain-release or .failed" ;;
+      /.env/* | /./.env/* | /.brain-release/* | /./.brain-release/* | /.failed/* | /./.failed/*) die 1 "release must not contain .env, .brain-release or .failed" ;;
     esac
   done < <(tar -tf "$tarball")
   mkdir "$new"
   tar -xf "$tarball" -C "$new" --no-same-owner --no-same-permissions --no-overwrite-dir
   compose_file "$new" >/dev/null || { rm -rf -- "$new"; die 1 "release has no compose file (compose.yaml or docker-compose.yml)"; }
-  # Each release gets its own copy of the env files, so a rollback restores the previous secrets too.
-  (umask 077 && mkdir "$new/env")
-  for f in "$env_dir"/*.env; do
-    [ -e "$f" ] || continue
-    (umask 077 && cp "$f" "$new/env/")
+  # Each release gets its own copy of the secrets, so a rollback restores the previous ones too:
+  # env/*.env from the release (the repo's templates) overlaid with the uploaded env/*.env, and
+  # the uploaded .env (compose's variables) beside the compose file.
+  mkdir -p "$new/env"
+  chmod 700 "$new/env"
+  find "$new/env" -type f -exec chmod 600 {} +
+  for f in "$env_dir"/*.env "$env_dir/.env"; do
+    [ -f "$f" ] || continue
+    if [ "$(basename "$f")" = .env ]; then dest=$new/.env; else dest=$new/env/$(basename "$f"); fi
+    (umask 077 && cp "$f" "$dest")
   done
   printf 'TAG=%s\nIMAGE=%s:%s\nDEPLOYED_AT=%s\n' "$tag" "$BRAIN_IMAGE_REPO" "$tag" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$new/.brain-release"
   prev=$(current_release)
@@ -292,7 +298,7 @@ do_rollback() {
 
 do_secrets() {
   local name=$1 lineno=0 line count=0
-  [[ $name =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.env$ ]] || die 2 "refused: secrets name must look like brain.env"
+  [[ $name =~ ^(\.env|[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.env)$ ]] || die 2 "refused: secrets name must be .env or look like transform.env"
   umask 077
   tmp=$(mktemp "$env_dir/.$name.XXXXXX")
   trap 'rm -f -- "${tmp-}"' EXIT

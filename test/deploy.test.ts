@@ -171,6 +171,11 @@ ${extra}
     t.match(bad.stderr, /line 2 is not KEY=VALUE/);
     t.equal(readFileSync(file, 'utf8').includes(token), true, 'the refused upload left the old file alone');
     t.not((await ssh('secrets ../../etc/x.env', 'A=1\n')).code, 0, 'secrets name is validated');
+    t.not((await ssh('secrets x.conf', 'A=1\n')).code, 0, 'secrets name must end in .env');
+
+    const dotenv = await ssh('secrets .env', `NATS_OPERATOR_PASS=${token}-op\n`);
+    t.equal(dotenv.code, 0, dotenv.stderr);
+    t.equal(statSync(join(prefix, 'env', '.env')).mode & 0o777, 0o600, "compose's .env is staged with mode 600");
   });
 
   // --- deploys -------------------------------------------------------------------------------------
@@ -178,6 +183,8 @@ ${extra}
     'docker-compose.yml': 'services:\n  brain:\n    image: ${BRAIN_IMAGE:-brain-pipeline:latest}\n',
     'nats/nats.conf': 'port: 4222 # v1\n',
     'obsolete.txt': 'removed in the next release\n',
+    'env/brain.env': 'NATS_PASSWORD=template\n',
+    'env/transform.env': '# template\n',
   });
   const rel2 = makeRelease('r2', {
     'docker-compose.yml': 'services:\n  brain:\n    image: ${BRAIN_IMAGE:-brain-pipeline:latest}\n',
@@ -190,7 +197,12 @@ ${extra}
     t.equal(currentTag(), 'sha1111');
     t.equal(readFileSync(join(prefix, 'current', 'nats', 'nats.conf'), 'utf8'), 'port: 4222 # v1\n');
     t.ok(existsSync(join(prefix, 'current', 'obsolete.txt')));
-    t.equal(readFileSync(join(prefix, 'current', 'env', 'brain.env'), 'utf8').includes(secret), true, 'the release has its copy of env/');
+    t.equal(readFileSync(join(prefix, 'current', 'env', 'brain.env'), 'utf8').includes(secret), true, 'uploaded env files override the templates');
+    t.equal(readFileSync(join(prefix, 'current', 'env', 'transform.env'), 'utf8'), '# template\n', 'templates fill in the rest');
+    t.equal(statSync(join(prefix, 'current', 'env', 'transform.env')).mode & 0o777, 0o600, 'templates get mode 600 too');
+    t.equal(readFileSync(join(prefix, 'current', '.env'), 'utf8'), `NATS_OPERATOR_PASS=${token}-op\n`, ".env lands beside the compose file");
+    t.equal(statSync(join(prefix, 'current', '.env')).mode & 0o777, 0o600);
+    t.notOk(existsSync(join(prefix, 'current', 'env', '.env')), ".env is not in the env/ that containers mount");
     t.equal(statSync(join(prefix, 'current', 'env')).mode & 0o777, 0o700, 'release env dir is 700');
     t.equal(statSync(join(prefix, 'current', 'env', 'brain.env')).mode & 0o777, 0o600, 'release env file is 600');
     const dir = realpathSync(join(prefix, 'current'));
@@ -281,7 +293,7 @@ ${extra}
     execFileSync('ln', ['-s', '/etc/passwd', join(link, 'passwd')]);
     const withLink = execFileSync('tar', ['-cf', '-', '-C', link, '.']);
     t.not((await ssh('deploy shaevil', withLink)).code, 0, 'symlinks refused');
-    t.not((await ssh('deploy shaevil', makeRelease('noenv', { 'docker-compose.yml': 'x', 'env/brain.env': 'A=1' }))).code, 0, 'env/ refused');
+    t.not((await ssh('deploy shaevil', makeRelease('nodotenv', { 'docker-compose.yml': 'x', '.env': 'A=1' }))).code, 0, '.env refused');
     t.not((await ssh('deploy shaevil', makeRelease('nocompose', { 'x.txt': 'x' }))).code, 0, 'compose file required');
     t.not((await ssh('deploy shaevil', 'not a tarball')).code, 0, 'garbage refused');
     t.equal(currentTag(), 'sha1111', 'nothing changed');
@@ -339,6 +351,9 @@ ${extra}
   writeFileSync(join(ciRepo, 'deploy', 'nats', 'nats.conf'), 'port: 4222 # ci\n');
   writeFileSync(join(ciRepo, 'deploy', 'deploy.sh'), '# not part of a release\n');
   writeFileSync(join(ciRepo, 'README.md'), 'not in RELEASE_PATHS\n');
+  mkdirSync(join(ciRepo, 'env'));
+  writeFileSync(join(ciRepo, 'env', 'transform.env'), '# transform template\n');
+  writeFileSync(join(ciRepo, 'env', 'model.env'), '# model template\n');
   const git = (...args: string[]) =>
     execFileSync('git', ['-c', 'user.name=ci', '-c', 'user.email=ci@example.invalid', '-c', 'init.defaultBranch=main', ...args], { cwd: ciRepo, stdio: 'ignore' });
   git('init', '-q');
@@ -352,7 +367,13 @@ ${extra}
     ['.github/workflows/deploy.yml', 'value'],
   ] as const) {
     await t.test(`${file}: the deploy client ships tracked release files and secrets`, async (t) => {
-      const script = extractBlock(readFileSync(join(repo, file), 'utf8'), '# deploy-client');
+      const text = readFileSync(join(repo, file), 'utf8');
+      const script = extractBlock(text, '# deploy-client');
+      const setting = (name: string) => {
+        const value = new RegExp(`^ *${name}: "(.*)"$`, 'm').exec(text)?.[1];
+        if (value === undefined) throw new Error(`${file} has no ${name}`);
+        return value;
+      };
       const tag = `ci${style}${randomBytes(3).toString('hex')}`;
       const asFile = (name: string, content: string) => {
         const path = join(root, `${style}-${name}`);
@@ -361,7 +382,8 @@ ${extra}
       };
       const keyText = readFileSync(key, 'utf8').trimEnd(); // GitLab File variables may lack the newline
       const knownHostsText = readFileSync(server.knownHosts, 'utf8');
-      const brainEnv = `NATS_PASSWORD=${ciSecret}\n`;
+      const composeEnv = `NATS_OPERATOR_PASS=${ciSecret}\n`;
+      const transformEnv = `AWS_SECRET_ACCESS_KEY=${ciSecret}-aws\n`;
       const env: NodeJS.ProcessEnv = {
         PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
         HOME: root,
@@ -369,11 +391,12 @@ ${extra}
         DEPLOY_PORT: String(server.port),
         DEPLOY_USER: user,
         DEPLOY_TAG: tag,
-        DEPLOY_ENV_FILES: 'brain.env:BRAIN_ENV nats.env:NATS_ENV',
-        RELEASE_PATHS: 'docker-compose.yml docker-compose.yaml compose.yaml compose.yml deploy',
+        DEPLOY_ENV_FILES: setting('DEPLOY_ENV_FILES'),
+        RELEASE_PATHS: setting('RELEASE_PATHS'),
         DEPLOY_SSH_KEY: style === 'file' ? asFile('key', keyText) : keyText,
         DEPLOY_KNOWN_HOSTS: style === 'file' ? asFile('known_hosts', knownHostsText) : knownHostsText,
-        BRAIN_ENV: style === 'file' ? asFile('brain.env', brainEnv) : brainEnv,
+        COMPOSE_ENV: style === 'file' ? asFile('compose.env', composeEnv) : composeEnv,
+        TRANSFORM_ENV: style === 'file' ? asFile('transform.env', transformEnv) : transformEnv,
       };
       const r = await new Promise<SshResult>((resolvePromise, reject) => {
         const child = spawn('sh', ['-c', script], { cwd: ciRepo, env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -393,9 +416,12 @@ ${extra}
       t.notOk(existsSync(join(prefix, 'current', 'deploy', 'nats', 'untracked.conf')), 'untracked files are not shipped');
       t.notOk(existsSync(join(prefix, 'current', 'README.md')), 'only RELEASE_PATHS are shipped');
       t.notOk(existsSync(join(prefix, 'current', 'obsolete.txt')), 'files of older releases are gone');
-      t.equal(readFileSync(join(prefix, 'env', 'brain.env'), 'utf8').trimEnd(), `NATS_PASSWORD=${ciSecret}`);
-      t.equal(statSync(join(prefix, 'env', 'brain.env')).mode & 0o777, 0o600);
-      t.match(r.stdout, /env\/nats\.env: NATS_ENV is not set/);
+      t.equal(readFileSync(join(prefix, 'current', '.env'), 'utf8').trimEnd(), composeEnv.trimEnd(), '.env from COMPOSE_ENV');
+      t.equal(statSync(join(prefix, 'current', '.env')).mode & 0o777, 0o600);
+      t.equal(readFileSync(join(prefix, 'current', 'env', 'transform.env'), 'utf8').trimEnd(), transformEnv.trimEnd(), 'env/transform.env from TRANSFORM_ENV');
+      t.equal(statSync(join(prefix, 'current', 'env', 'transform.env')).mode & 0o777, 0o600);
+      t.equal(readFileSync(join(prefix, 'current', 'env', 'model.env'), 'utf8'), '# model template\n', 'unset secrets leave the template');
+      t.match(r.stdout, /env\/model\.env: MODEL_ENV is not set/);
       t.notOk((r.stdout + r.stderr).includes(ciSecret), 'the secret is not in the job log');
       t.notOk((r.stdout + r.stderr).includes('PRIVATE KEY'), 'the key is not in the job log');
       t.match(composeLog().at(-2) ?? '', new RegExp(`^${image(tag)}\\|.* up -d --remove-orphans$`));

@@ -3,6 +3,7 @@
  * (no registry), the stand-in stage images, a full chain triggered by the operator user.
  */
 import t from 'tap';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,10 +13,19 @@ import { ENV_FILES } from '../shared/envfile';
 import { SERVICE_NAMES } from '../shared/config';
 import { TEST_IMAGES, buildTestImages } from './fixtures/build-images';
 import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from './helpers/compose-images';
-import { BRAIN_TEST_IMAGE, ComposeProject, buildBrainImage } from './helpers/compose';
+import { BRAIN_TEST_IMAGE, ComposeProject, REPO_ROOT, buildBrainImage } from './helpers/compose';
 import { uid } from './helpers/pipeline';
 
 const DOCKER_SERVICES = ['transformer', 'loader', 'model-gate', 'trainer'];
+
+/** Runs the `brain` CLI from the host as a NATS user; resolves with its exit code and output. */
+function brain(cwd: string, env: Record<string, string>, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile('node', [join(REPO_ROOT, 'bin', 'brain.js'), ...args], { cwd, env: { PATH: process.env.PATH ?? '', ...env }, timeout: 60_000 }, (err, stdout, stderr) =>
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
+    );
+  });
+}
 
 t.test('compose stack: healthy, role permissions, a full chain, clean teardown', async (t) => {
   buildTestImages();
@@ -140,4 +150,18 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
   t.same(readdirSync(join(dirs.aws, 'remote', 'processed')), [`${runId}.csv`], 'processed data pushed to the remote');
   t.same(readdirSync(join(dirs.aws, 'remote', 'viz')), [`${runId}.png`], 'viz data pushed to the remote');
   t.ok(existsSync(join(dirs.aws, 'models', `${runId}.bin`)), 'model written');
+
+  const as = (user: keyof typeof pass) => ({ NATS_URL: servers, NATS_USER: user, NATS_PASS: pass[user] });
+  const status = await brain(root, as('monitor'), 'status');
+  t.equal(status.code, 0, 'brain status as monitor', { stderr: status.stderr });
+  for (const name of SERVICE_NAMES) t.match(status.stdout, new RegExp(`${name}\\s+up\\b`), `brain status lists ${name} as up`);
+  const runs = await brain(root, as('monitor'), 'runs', '--limit', '5');
+  t.equal(runs.code, 0, 'brain runs as monitor', { stderr: runs.stderr });
+  t.match(runs.stdout, runId, 'brain runs shows the run');
+  const forbidden = await brain(root, as('monitor'), 'trigger', 'model');
+  t.not(forbidden.code, 0, 'brain trigger as monitor fails');
+  t.match(forbidden.stderr, /Permissions Violation for Publish to "model.trigger"/, 'with a one-line permission error');
+  const forced = await brain(root, as('operator'), 'trigger', 'model', '--wait');
+  t.equal(forced.code, 0, 'brain trigger model --wait as operator', { stderr: forced.stderr });
+  t.match(forced.stdout, /model trained/, 'the operator forced a training run');
 });

@@ -76,16 +76,6 @@ current=$BRAIN_ROOT/current
 env_dir=$BRAIN_ROOT/env
 state=$BRAIN_ROOT/state
 
-if [ -z "$COMPOSE_CMD" ]; then
-  if docker compose version >/dev/null 2>&1; then
-    COMPOSE_CMD="docker compose"
-  elif command -v docker-compose >/dev/null 2>&1; then
-    COMPOSE_CMD=docker-compose
-  else
-    die 1 "neither 'docker compose' nor 'docker-compose' is available"
-  fi
-fi
-
 # --- the requested command ---------------------------------------------------------------------
 request=${SSH_ORIGINAL_COMMAND-}
 [ -n "$request" ] || die 2 "interactive logins are not allowed; usage: deploy <tag> | secrets <name> | rollback | status"
@@ -122,10 +112,22 @@ compose_file() {
   return 1
 }
 
+detect_compose() {
+  [ -z "$COMPOSE_CMD" ] || return 0
+  if docker compose version >/dev/null 2>&1; then
+    COMPOSE_CMD="docker compose"
+  elif command -v docker-compose >/dev/null 2>&1; then
+    COMPOSE_CMD=docker-compose
+  else
+    die 1 "neither 'docker compose' nor 'docker-compose' is available"
+  fi
+}
+
 # compose <release dir> <tag> <compose args...>
 compose() {
   local dir=$1 tag=$2 file
   shift 2
+  detect_compose
   file=$(compose_file "$dir") || die 1 "no compose file in $dir"
   # COMPOSE_CMD is a command line ("docker compose"), so word splitting is intended.
   # shellcheck disable=SC2086
@@ -299,6 +301,7 @@ do_rollback() {
 do_secrets() {
   local name=$1 lineno=0 line count=0
   [[ $name =~ ^(\.env|[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.env)$ ]] || die 2 "refused: secrets name must be .env or look like transform.env"
+  lock
   umask 077
   tmp=$(mktemp "$env_dir/.$name.XXXXXX")
   trap 'rm -f -- "${tmp-}"' EXIT

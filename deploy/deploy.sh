@@ -213,7 +213,10 @@ activate() { # <new dir> <tag> <previous dir>
   switch_current "$new"
   log "starting $BRAIN_IMAGE_REPO:$tag (release $(basename "$new"))"
   if compose "$new" "$tag" up -d --remove-orphans && health_check "$new" "$tag"; then
-    if [ -n "$prev" ] && [ "$prev" != "$new" ]; then ln -sfn "../releases/$(basename "$prev")" "$state/previous"; fi
+    if [ -n "$prev" ] && [ "$prev" != "$new" ]; then
+      ln -sfn "../releases/$(basename "$prev")" "$state/previous"
+      printf '%s\n' "$prev_tag" >"$state/previous_tag"
+    fi
     printf '%s\n' "$tag" >"$state/current_tag"
     record "$tag" deployed
     log "deployed $tag"

@@ -224,6 +224,7 @@ ${extra}
     t.equal(readFileSync(join(prefix, 'current', 'nats', 'nats.conf'), 'utf8'), 'port: 4222 # v2\n');
     t.match(readlinkSync(join(prefix, 'current')), /^releases\//, 'current is a relative symlink into releases/');
     t.match(readFileSync(join(prefix, 'state', 'previous', '.brain-release'), 'utf8'), /^TAG=sha1111$/m, 'previous tag recorded');
+    t.equal(readFileSync(join(prefix, 'state', 'previous_tag'), 'utf8'), 'sha1111\n');
     t.match(composeLog().at(-2) ?? '', new RegExp(`^${image('sha2222')}\\|.* up -d --remove-orphans$`));
   });
 

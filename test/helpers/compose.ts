@@ -43,23 +43,35 @@ export async function buildBrainImage(tag = BRAIN_TEST_IMAGE): Promise<void> {
   }
 }
 
+let composeCommand: Promise<[string, ...string[]]> | undefined;
+
+/** `docker-compose` (1.29) when installed, else the `docker compose` plugin (v2): the file serves both. */
+function composeCli(): Promise<[string, ...string[]]> {
+  composeCommand ??= run('docker-compose', ['version']).then(
+    (): [string] => ['docker-compose'],
+    (): [string, string] => ['docker', 'compose'],
+  );
+  return composeCommand;
+}
+
 export class ComposeProject {
   constructor(
     readonly name: string,
     readonly env: Record<string, string>,
   ) {}
 
-  /** Runs `docker-compose` on the repository's file with this project's name and environment. */
+  /** Runs compose on the repository's file with this project's name and environment. */
   async compose(...args: string[]): Promise<string> {
+    const [cli, ...pre] = await composeCli();
     try {
-      const { stdout } = await run('docker-compose', ['-p', this.name, '-f', join(REPO_ROOT, 'docker-compose.yml'), ...args], {
+      const { stdout } = await run(cli, [...pre, '-p', this.name, '-f', join(REPO_ROOT, 'docker-compose.yml'), ...args], {
         env: { ...process.env, ...this.env },
         maxBuffer: 64 * 1024 * 1024,
       });
       return stdout;
     } catch (err) {
       const { stderr, message } = err as { stderr?: string; message: string };
-      throw new Error(`docker-compose ${args.join(' ')} failed: ${stderr ?? message}`);
+      throw new Error(`${[cli, ...pre, ...args].join(' ')} failed: ${stderr ?? message}`);
     }
   }
 

@@ -23,7 +23,6 @@ export interface HandlerContext {
   signal: AbortSignal;
   /** JetStream stream sequence of the message: stable across redeliveries. */
   streamSequence: number;
-  deliveryCount: number;
   /** When the message was stored: stable across redeliveries. */
   storedAt: Date;
 }
@@ -119,7 +118,6 @@ export function createEventBus(deps: BusDeps): EventBus {
         const result = await handler(parsed.value, {
           signal: shutdown.signal,
           streamSequence: msg.info.streamSequence,
-          deliveryCount: msg.info.deliveryCount,
           storedAt: msg.time,
         });
         if (result === 'handed-back') msg.nak();

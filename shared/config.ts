@@ -125,20 +125,18 @@ export function loadConfig(env: NodeJS.ProcessEnv, services: readonly ServiceNam
       const shown = value === undefined ? '' : ` (got ${JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value)})`;
       problems.push(`${issue.path.join('.')}: ${issue.message}${shown}`);
     }
-    throw new ConfigError(problems);
   }
-  const raw = parsed.data;
   for (const service of services) {
     for (const key of REQUIRED[service]) {
-      if (raw[key] === undefined && !problems.some((p) => p.startsWith(`${key}:`))) {
-        problems.push(`${key}: is required by the ${service} service`);
-      }
+      const missing = (env[key] ?? '').trim() === '';
+      if (missing && !problems.some((p) => p.startsWith(`${key}:`))) problems.push(`${key}: is required by the ${service} service`);
     }
   }
-  if ((raw.NATS_USER === undefined) !== (raw.NATS_PASS === undefined)) {
+  if ((env.NATS_USER ?? '') === '' !== ((env.NATS_PASS ?? '') === '')) {
     problems.push('NATS_USER and NATS_PASS: set both or neither');
   }
-  if (problems.length > 0) throw new ConfigError(problems);
+  if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
+  const raw = parsed.data;
   return {
     nats: {
       servers: raw.NATS_URL.split(',').map((s) => s.trim()),

@@ -10,6 +10,8 @@ export const LeaseValue = z.object({
   holder: z.string(),
   stage: z.string(),
   acquiredAt: z.string(),
+  /** Stream sequence of the trigger message that started the run: tells its redelivery from a second trigger. */
+  trigger: z.number().optional(),
 });
 export type LeaseValue = z.infer<typeof LeaseValue>;
 
@@ -41,10 +43,10 @@ export interface Lease {
 
 export interface Locks {
   /**
-   * Takes a free lock. A lock already held for the same run is taken over (a redelivered or handed-over run)
-   * unless `sameRun` is `refuse` (a fresh trigger reusing a run id that is still running).
+   * Takes a free lock. A lock already held for the same run is taken over (a redelivered or handed-over run);
+   * with `trigger`, only when it was taken for that same trigger message (a second trigger reusing a run id is refused).
    */
-  acquire(key: LockKey, runId: string, stage: string, opts?: { sameRun?: 'take-over' | 'refuse' }): Promise<Lease | null>;
+  acquire(key: LockKey, runId: string, stage: string, opts?: { trigger?: number }): Promise<Lease | null>;
   /** Takes over the lock only if it is held for this run. */
   adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null>;
   read(key: LockKey): Promise<LockInfo | null>;
@@ -65,10 +67,12 @@ export function createLocks(deps: LocksDeps): Locks {
   const { kv, holder, ttlMs, logger } = deps;
   const refreshEveryMs = Math.max(100, Math.floor(ttlMs / 3));
 
-  const encode = (runId: string, stage: string) =>
-    encoder.encode(JSON.stringify({ runId, holder, stage, acquiredAt: new Date().toISOString() } satisfies LeaseValue));
+  const encode = (runId: string, stage: string, trigger: number | undefined) =>
+    encoder.encode(
+      JSON.stringify({ runId, holder, stage, acquiredAt: new Date().toISOString(), ...(trigger !== undefined ? { trigger } : {}) } satisfies LeaseValue),
+    );
 
-  function lease(key: LockKey, runId: string, stage: string, firstRevision: number): Lease {
+  function lease(key: LockKey, runId: string, stage: string, trigger: number | undefined, firstRevision: number): Lease {
     let revision = firstRevision;
     let active = true;
     const lost = new AbortController();
@@ -82,7 +86,7 @@ export function createLocks(deps: LocksDeps): Locks {
     const refresh = async (): Promise<boolean> => {
       if (!active) return false;
       try {
-        revision = await kv.update(key, encode(runId, stage), revision);
+        revision = await kv.update(key, encode(runId, stage, trigger), revision);
         return true;
       } catch (err) {
         if (isWrongSequence(err)) markLost('taken over or expired');
@@ -133,26 +137,28 @@ export function createLocks(deps: LocksDeps): Locks {
   async function adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null> {
     const current = await read(key);
     if (current?.value?.runId !== runId) return null;
+    const trigger = current.value.trigger;
     try {
-      const revision = await kv.update(key, encode(runId, stage), current.revision);
-      return lease(key, runId, stage, revision);
+      const revision = await kv.update(key, encode(runId, stage, trigger), current.revision);
+      return lease(key, runId, stage, trigger, revision);
     } catch (err) {
       if (isWrongSequence(err)) return null;
       throw err;
     }
   }
 
-  async function acquire(key: LockKey, runId: string, stage: string, opts: { sameRun?: 'take-over' | 'refuse' } = {}): Promise<Lease | null> {
+  async function acquire(key: LockKey, runId: string, stage: string, opts: { trigger?: number } = {}): Promise<Lease | null> {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        const revision = await kv.create(key, encode(runId, stage));
-        return lease(key, runId, stage, revision);
+        const revision = await kv.create(key, encode(runId, stage, opts.trigger));
+        return lease(key, runId, stage, opts.trigger, revision);
       } catch (err) {
         if (!isWrongSequence(err)) throw err;
       }
       const current = await read(key);
       if (current === null) continue; // released or expired between our create and read: try again
-      return current.value?.runId === runId && opts.sameRun !== 'refuse' ? adopt(key, runId, stage) : null;
+      const sameRun = current.value?.runId === runId && (opts.trigger === undefined || current.value.trigger === opts.trigger);
+      return sameRun ? adopt(key, runId, stage) : null;
     }
     return null;
   }

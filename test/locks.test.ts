@@ -56,12 +56,12 @@ t.test('KV leases against a real nats-server', async (t) => {
     t.equal(await a.read('transform'), null, 'released');
   });
 
-  await t.test('a fresh trigger reusing a running run id is refused; a redelivery takes it over', async (t) => {
+  await t.test('a second trigger reusing a running run id is refused; a redelivery takes it over', async (t) => {
     const a = createLocks({ kv, holder: 'a', ttlMs: TTL, logger: silent });
-    const lease = await a.acquire('transform', 'same', 'transform');
-    t.equal(await a.acquire('transform', 'same', 'transform', { sameRun: 'refuse' }), null);
+    const lease = await a.acquire('transform', 'same', 'transform', { trigger: 7 });
+    t.equal(await a.acquire('transform', 'same', 'transform', { trigger: 8 }), null);
     lease?.handOff();
-    const taken = await a.acquire('transform', 'same', 'transform', { sameRun: 'take-over' });
+    const taken = await a.acquire('transform', 'same', 'transform', { trigger: 7 });
     t.ok(taken);
     t.notOk(await lease?.release(), 'the handed-off lease cannot release');
     t.ok(await taken?.release());

@@ -22,7 +22,7 @@ export function createModelGate(deps: ServiceDeps): Service {
     const started = Date.now();
     // The run's transform lock, when this model step belongs to a transform run.
     const runLease = await locks.adopt('transform', runId, 'model-trigger');
-    const modelLease = await locks.acquire('model', runId, 'model-trigger', { sameRun: ctx.deliveryCount > 1 || runLease !== null ? 'take-over' : 'refuse' });
+    const modelLease = await locks.acquire('model', runId, 'model-trigger', { trigger: ctx.streamSequence });
 
     const finish = async (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }, msgId = msgIdFor(runId, Subjects.modelDone)) => {
       await Promise.all([runLease?.release(), body.outcome === 'busy' ? undefined : modelLease?.release()]);

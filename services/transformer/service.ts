@@ -22,8 +22,8 @@ export function createTransformer(deps: ServiceDeps): Service {
     const done = (body: Omit<EventBody<'transform.done'>, 'runId' | 'durationMs'>, msgId = msgIdFor(runId, Subjects.transformDone)) =>
       bus.publish(Subjects.transformDone, { runId, durationMs: Date.now() - started, ...body }, { msgId });
 
-    // A first delivery must find the lock free; a redelivery may take back its own run's lock.
-    const lease = await locks.acquire('transform', runId, 'transform', { sameRun: ctx.deliveryCount > 1 ? 'take-over' : 'refuse' });
+    // A redelivery of this trigger takes back its own run's lock; any other trigger needs it free.
+    const lease = await locks.acquire('transform', runId, 'transform', { trigger: ctx.streamSequence });
     if (lease === null) {
       const holder = await locks.read('transform');
       log.info({ heldBy: holder?.value?.runId }, 'transform run in progress; trigger ends busy');

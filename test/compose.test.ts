@@ -82,7 +82,9 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     }
   });
 
-  await project.compose('up', '-d', '--no-build');
+  await project.compose('up', '-d', '--no-build').catch(async (err: Error) => {
+    throw new Error(`${err.message}\n${await project.compose('logs', '--no-color', '--tail', '30')}`);
+  });
   const containers = await project.waitHealthy(1 + SERVICE_NAMES.length, 120_000);
   t.pass('nats and the five services are healthy');
 

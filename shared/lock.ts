@@ -9,6 +9,7 @@ export const LeaseValue = z.object({
   runId: z.string(),
   holder: z.string(),
   stage: z.string(),
+  /** When the run took the lock; kept through refreshes and hand-overs. */
   acquiredAt: z.string(),
   /** Stream sequence of the trigger message that started the run: tells its redelivery from a second trigger. */
   trigger: z.number().optional(),
@@ -67,12 +68,19 @@ export function createLocks(deps: LocksDeps): Locks {
   const { kv, holder, ttlMs, logger } = deps;
   const refreshEveryMs = Math.max(100, Math.floor(ttlMs / 3));
 
-  const encode = (runId: string, stage: string, trigger: number | undefined) =>
+  interface Holding {
+    runId: string;
+    stage: string;
+    trigger: number | undefined;
+    acquiredAt: string;
+  }
+  const encode = (h: Holding) =>
     encoder.encode(
-      JSON.stringify({ runId, holder, stage, acquiredAt: new Date().toISOString(), ...(trigger !== undefined ? { trigger } : {}) } satisfies LeaseValue),
+      JSON.stringify({ runId: h.runId, holder, stage: h.stage, acquiredAt: h.acquiredAt, ...(h.trigger !== undefined ? { trigger: h.trigger } : {}) } satisfies LeaseValue),
     );
 
-  function lease(key: LockKey, runId: string, stage: string, trigger: number | undefined, firstRevision: number): Lease {
+  function lease(key: LockKey, holding: Holding, firstRevision: number): Lease {
+    const { runId } = holding;
     let revision = firstRevision;
     let active = true;
     const lost = new AbortController();
@@ -86,7 +94,7 @@ export function createLocks(deps: LocksDeps): Locks {
     const refresh = async (): Promise<boolean> => {
       if (!active) return false;
       try {
-        revision = await kv.update(key, encode(runId, stage, trigger), revision);
+        revision = await kv.update(key, encode(holding), revision);
         return true;
       } catch (err) {
         if (isWrongSequence(err)) markLost('taken over or expired');
@@ -137,10 +145,10 @@ export function createLocks(deps: LocksDeps): Locks {
   async function adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null> {
     const current = await read(key);
     if (current?.value?.runId !== runId) return null;
-    const trigger = current.value.trigger;
+    const holding = { runId, stage, trigger: current.value.trigger, acquiredAt: current.value.acquiredAt };
     try {
-      const revision = await kv.update(key, encode(runId, stage, trigger), current.revision);
-      return lease(key, runId, stage, trigger, revision);
+      const revision = await kv.update(key, encode(holding), current.revision);
+      return lease(key, holding, revision);
     } catch (err) {
       if (isWrongSequence(err)) return null;
       throw err;
@@ -149,9 +157,10 @@ export function createLocks(deps: LocksDeps): Locks {
 
   async function acquire(key: LockKey, runId: string, stage: string, opts: { trigger?: number } = {}): Promise<Lease | null> {
     for (let attempt = 0; attempt < 3; attempt++) {
+      const holding = { runId, stage, trigger: opts.trigger, acquiredAt: new Date().toISOString() };
       try {
-        const revision = await kv.create(key, encode(runId, stage, opts.trigger));
-        return lease(key, runId, stage, opts.trigger, revision);
+        const revision = await kv.create(key, encode(holding));
+        return lease(key, holding, revision);
       } catch (err) {
         if (!isWrongSequence(err)) throw err;
       }

@@ -51,8 +51,8 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   let health: HealthServer | undefined;
   const startedAt = new Date().toISOString();
   try {
-    await ensureTopology(nc, { lockTtlMs: config.lockTtlMs, ackWaitMs: config.ackWaitMs });
-    const kv = await openLocks(nc, config.lockTtlMs);
+    await ensureTopology(nc, { lockTtlMs: config.lockTtlMs, ackWaitMs: config.ackWaitMs, replicas: config.nats.replicas });
+    const kv = await openLocks(nc, config.lockTtlMs, config.nats.replicas);
     const holder = `${label}@${hostname()}:${process.pid}`;
     const docker = opts.docker ?? createDockerClient(config.dockerHost);
     const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics });

@@ -51,6 +51,7 @@ const cronExpression = z
 
 const schema = z.object({
   NATS_URL: natsUrl,
+  NATS_REPLICAS: z.coerce.number({ message: 'must be 1, 3 or 5' }).int().refine((n) => [1, 3, 5].includes(n), 'must be 1, 3 or 5').default(1),
   NATS_USER: optionalText,
   NATS_PASS: optionalText,
   DOCKER_HOST: optionalText,
@@ -85,7 +86,8 @@ const schema = z.object({
 type Raw = z.infer<typeof schema>;
 
 export interface Config {
-  nats: { servers: string[]; user?: string; pass?: string };
+  /** `replicas`: copies of each stream and of the locks bucket (3 in a cluster). */
+  nats: { servers: string[]; user?: string; pass?: string; replicas: number };
   dockerHost?: string;
   envDir: string;
   images: { transform: string; load: string; modelTrigger: string; train: string };
@@ -140,6 +142,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, services: readonly ServiceNam
   return {
     nats: {
       servers: raw.NATS_URL.split(',').map((s) => s.trim()),
+      replicas: raw.NATS_REPLICAS,
       ...(raw.NATS_USER !== undefined ? { user: raw.NATS_USER } : {}),
       ...(raw.NATS_PASS !== undefined ? { pass: raw.NATS_PASS } : {}),
     },

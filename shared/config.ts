@@ -31,6 +31,16 @@ const hostDir = optionalText.refine((v) => v === undefined || isAbsolute(v), {
   message: 'must be an absolute path on the Docker host',
 });
 
+const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
+/** A container memory limit such as `512m` or `2g` (bytes when no unit); unset means no limit. */
+const memory = optionalText
+  .refine((v) => v === undefined || /^\d+(\.\d+)?\s*[bkmg]?$/i.test(v), { message: 'must be a size such as 512m or 2g' })
+  .transform((v) => {
+    if (v === undefined) return undefined;
+    const match = /^(\d+(?:\.\d+)?)\s*([bkmg]?)$/i.exec(v);
+    return match === null ? undefined : Math.round(Number(match[1]) * (UNITS[(match[2] ?? '').toLowerCase()] ?? 1));
+  });
+
 const natsUrl = z
   .string()
   .default('nats://127.0.0.1:4222')
@@ -76,6 +86,10 @@ const schema = z.object({
   LOAD_TIMEOUT: seconds(1800),
   MODEL_TRIGGER_TIMEOUT: seconds(900),
   TRAIN_TIMEOUT: seconds(6 * 3600),
+  TRANSFORM_MEMORY: memory,
+  LOAD_MEMORY: memory,
+  MODEL_TRIGGER_MEMORY: memory,
+  TRAIN_MEMORY: memory,
   LOCK_TTL: seconds(30),
   ACK_WAIT: seconds(30),
   HEALTH_PORT: z.coerce.number({ message: 'must be a port number' }).int().min(0).max(65535).default(8080),
@@ -98,6 +112,8 @@ export interface Config {
   flags: { isDevelopment: boolean; devSkipTrigger: boolean; devSkipModel: boolean; devForceTraining: boolean };
   phrases: { newData: string; mismatch: string };
   timeoutsMs: { transform: number; load: number; modelTrigger: number; train: number };
+  /** Container memory limits in bytes, per stage; undefined means none. */
+  memoryBytes: { transform?: number; load?: number; modelTrigger?: number; train?: number };
   lockTtlMs: number;
   ackWaitMs: number;
   logLevel: Raw['LOG_LEVEL'];
@@ -169,6 +185,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, services: readonly ServiceNam
       load: raw.LOAD_TIMEOUT * 1000,
       modelTrigger: raw.MODEL_TRIGGER_TIMEOUT * 1000,
       train: raw.TRAIN_TIMEOUT * 1000,
+    },
+    memoryBytes: {
+      ...(raw.TRANSFORM_MEMORY !== undefined ? { transform: raw.TRANSFORM_MEMORY } : {}),
+      ...(raw.LOAD_MEMORY !== undefined ? { load: raw.LOAD_MEMORY } : {}),
+      ...(raw.MODEL_TRIGGER_MEMORY !== undefined ? { modelTrigger: raw.MODEL_TRIGGER_MEMORY } : {}),
+      ...(raw.TRAIN_MEMORY !== undefined ? { train: raw.TRAIN_MEMORY } : {}),
     },
     lockTtlMs: raw.LOCK_TTL * 1000,
     ackWaitMs: raw.ACK_WAIT * 1000,

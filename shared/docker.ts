@@ -28,6 +28,13 @@ export interface StageSpec {
   phrase?: string;
   /** Receives each batch of output lines (already masked). */
   onLines?: (stream: StreamName, lines: string[]) => void | Promise<void>;
+  /** Memory limit in bytes; a container past it is OOM-killed (exit 137). */
+  memoryBytes?: number;
+  /**
+   * The run already started this container before the service restarted: adopt it, and fail
+   * (rather than start a second one) when it is gone.
+   */
+  resume?: boolean;
   /** Aborting stops watching and leaves the container running, for a restarted service to adopt. */
   signal: AbortSignal;
 }
@@ -170,6 +177,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
           AutoRemove: false,
           Mounts: spec.mounts.map((m) => ({ Type: 'bind' as const, Source: m.source, Target: m.target })),
           ...(spec.network !== undefined ? { NetworkMode: spec.network } : {}),
+          ...(spec.memoryBytes !== undefined ? { Memory: spec.memoryBytes, MemorySwap: spec.memoryBytes } : {}),
         },
       });
     } catch (err) {
@@ -206,6 +214,12 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       existing = null;
     }
     const adopted = existing !== null;
+    if (!adopted && spec.resume === true) {
+      throw new StageError(
+        ErrorCode.ContainerGone,
+        `the ${spec.stage} container of run ${spec.runId} was started before the service restarted and no longer exists; its outcome is unknown`,
+      );
+    }
     let stream: NodeJS.ReadableStream;
     if (existing === null) {
       await ensureImage(spec.image);

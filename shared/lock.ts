@@ -32,6 +32,8 @@ export interface Lease {
   readonly key: LockKey;
   readonly runId: string;
   readonly revision: number;
+  /** The lease was taken over from the same stage of the same run: a restarted service resuming its own work. */
+  readonly resumed: boolean;
   /** Aborted when the lease was lost (taken over or expired). */
   readonly lost: AbortSignal;
   /** Refreshes now; false when the lease is no longer ours. */
@@ -45,7 +47,7 @@ export interface Lease {
 export interface Locks {
   /**
    * Takes a free lock. A lock already held for the same run is taken over (a redelivered or handed-over run);
-   * with `trigger`, only when it was taken for that same trigger message (a second trigger reusing a run id is refused).
+   * with `trigger`, only when this stage took it for that same trigger message (a second trigger reusing a run id is refused).
    */
   acquire(key: LockKey, runId: string, stage: string, opts?: { trigger?: number }): Promise<Lease | null>;
   /** Takes over the lock only if it is held for this run. */
@@ -79,7 +81,7 @@ export function createLocks(deps: LocksDeps): Locks {
       JSON.stringify({ runId: h.runId, holder, stage: h.stage, acquiredAt: h.acquiredAt, ...(h.trigger !== undefined ? { trigger: h.trigger } : {}) } satisfies LeaseValue),
     );
 
-  function lease(key: LockKey, holding: Holding, firstRevision: number): Lease {
+  function lease(key: LockKey, holding: Holding, firstRevision: number, resumed = false): Lease {
     const { runId } = holding;
     let revision = firstRevision;
     let active = true;
@@ -109,6 +111,7 @@ export function createLocks(deps: LocksDeps): Locks {
       get revision() {
         return revision;
       },
+      resumed,
       lost: lost.signal,
       confirm: refresh,
       handOff() {
@@ -148,7 +151,7 @@ export function createLocks(deps: LocksDeps): Locks {
     const holding = { runId, stage, trigger: current.value.trigger, acquiredAt: current.value.acquiredAt };
     try {
       const revision = await kv.update(key, encode(holding), current.revision);
-      return lease(key, holding, revision);
+      return lease(key, holding, revision, current.value.stage === stage);
     } catch (err) {
       if (isWrongSequence(err)) return null;
       throw err;
@@ -166,7 +169,10 @@ export function createLocks(deps: LocksDeps): Locks {
       }
       const current = await read(key);
       if (current === null) continue; // released or expired between our create and read: try again
-      const sameRun = current.value?.runId === runId && (opts.trigger === undefined || current.value.trigger === opts.trigger);
+      // With a trigger, only this stage's own earlier delivery of it may be resumed, never a later stage's lease.
+      const sameRun =
+        current.value?.runId === runId &&
+        (opts.trigger === undefined || (current.value.trigger === opts.trigger && current.value.stage === stage));
       return sameRun ? adopt(key, runId, stage) : null;
     }
     return null;

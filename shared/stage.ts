@@ -14,6 +14,8 @@ export interface StageRequest {
   network?: string;
   timeoutMs: number;
   phrase?: string;
+  memoryBytes?: number;
+  resume?: boolean;
   signal: AbortSignal;
 }
 
@@ -84,6 +86,8 @@ export async function runContainerStage(runner: ContainerRunner, bus: EventBus, 
       ...(req.network !== undefined ? { network: req.network } : {}),
       timeoutMs: req.timeoutMs,
       ...(req.phrase !== undefined ? { phrase: req.phrase } : {}),
+      ...(req.memoryBytes !== undefined ? { memoryBytes: req.memoryBytes } : {}),
+      ...(req.resume !== undefined ? { resume: req.resume } : {}),
       onLines: (stream, lines) => forwarder.add(stream, lines),
       signal: req.signal,
     });

@@ -22,7 +22,7 @@ export function createLoader(deps: ServiceDeps): Service {
     viz: { stage: 'load-viz', source: viz, envFile: ENV_FILES.loadViz },
   };
 
-  async function load(target: LoadTarget, runId: string, signal: AbortSignal): Promise<LoadReport> {
+  async function load(target: LoadTarget, runId: string, resume: boolean, signal: AbortSignal): Promise<LoadReport> {
     const { stage, source, envFile } = targets[target];
     try {
       const result = await runContainerStage(runner, bus, {
@@ -37,6 +37,8 @@ export function createLoader(deps: ServiceDeps): Service {
         ],
         ...(config.network !== undefined ? { network: config.network } : {}),
         timeoutMs: config.timeoutsMs.load,
+        ...(config.memoryBytes.load !== undefined ? { memoryBytes: config.memoryBytes.load } : {}),
+        resume,
         signal,
       });
       if (result.status === 'handed-back') return { target, outcome: 'failed', exitCode: null, handedBack: true };
@@ -68,7 +70,7 @@ export function createLoader(deps: ServiceDeps): Service {
       log.info('IS_DEVELOPMENT: loads skipped');
       await loadDone({ outcome: 'skipped', loads: [] });
     } else {
-      const reports = await Promise.all([load('processed', runId, ctx.signal), load('viz', runId, ctx.signal)]);
+      const reports = await Promise.all([load('processed', runId, lease.resumed, ctx.signal), load('viz', runId, lease.resumed, ctx.signal)]);
       if (reports.some((r) => r.handedBack)) {
         lease.handOff();
         return 'handed-back';

@@ -20,9 +20,17 @@ export function createModelGate(deps: ServiceDeps): Service {
     const runId = event.runId ?? generatedRunId('m', ctx);
     const log = logger.child({ stage: 'model-trigger', runId });
     const started = Date.now();
-    // The run's transform lock, when this model step belongs to a transform run.
-    const runLease = await locks.adopt('transform', runId, 'model-trigger');
     const modelLease = await locks.acquire('model', runId, 'model-trigger', { trigger: ctx.streamSequence });
+    if (modelLease === null) {
+      const holder = await locks.read('model');
+      if (holder?.value?.runId === runId && holder.value.trigger === ctx.streamSequence) {
+        log.info({ stage: holder.value.stage }, 'redelivered trigger of a run that has moved on; nothing to do');
+        return 'done';
+      }
+    }
+    // The run's transform lock, when this model step belongs to a transform run; taken only after the
+    // model lock, so a redelivered trigger never takes it from the trainer.
+    const runLease = await locks.adopt('transform', runId, 'model-trigger');
 
     const finish = async (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }, msgId = msgIdFor(runId, Subjects.modelDone)) => {
       await Promise.all([runLease?.release(), body.outcome === 'busy' ? undefined : modelLease?.release()]);
@@ -59,6 +67,8 @@ export function createModelGate(deps: ServiceDeps): Service {
         mounts: [],
         ...(config.network !== undefined ? { network: config.network } : {}),
         timeoutMs: config.timeoutsMs.modelTrigger,
+        ...(config.memoryBytes.modelTrigger !== undefined ? { memoryBytes: config.memoryBytes.modelTrigger } : {}),
+        resume: modelLease.resumed,
         phrase: config.phrases.mismatch,
         signal: ctx.signal,
       });

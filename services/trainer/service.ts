@@ -42,6 +42,8 @@ export function createTrainer(deps: ServiceDeps): Service {
         mounts: [{ source: awsDir, target: '/root/.aws' }],
         ...(config.network !== undefined ? { network: config.network } : {}),
         timeoutMs: config.timeoutsMs.train,
+        ...(config.memoryBytes.train !== undefined ? { memoryBytes: config.memoryBytes.train } : {}),
+        resume: modelLease.resumed,
         signal: ctx.signal,
       });
     } catch (err) {

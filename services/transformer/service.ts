@@ -26,6 +26,10 @@ export function createTransformer(deps: ServiceDeps): Service {
     const lease = await locks.acquire('transform', runId, 'transform', { trigger: ctx.streamSequence });
     if (lease === null) {
       const holder = await locks.read('transform');
+      if (holder?.value?.runId === runId && holder.value.trigger === ctx.streamSequence) {
+        log.info({ stage: holder.value.stage }, 'redelivered trigger of a run that has moved on; nothing to do');
+        return 'done';
+      }
       log.info({ heldBy: holder?.value?.runId }, 'transform run in progress; trigger ends busy');
       await done({ outcome: 'busy', exitCode: null, error: `run ${holder?.value?.runId ?? 'unknown'} is still in progress` }, `${msgIdFor(runId, Subjects.transformDone)}:busy:${ctx.streamSequence}`);
       return 'done';
@@ -47,6 +51,8 @@ export function createTransformer(deps: ServiceDeps): Service {
         ],
         ...(config.network !== undefined ? { network: config.network } : {}),
         timeoutMs: config.timeoutsMs.transform,
+        ...(config.memoryBytes.transform !== undefined ? { memoryBytes: config.memoryBytes.transform } : {}),
+        resume: lease.resumed,
         phrase: config.phrases.newData,
         signal: ctx.signal,
       });

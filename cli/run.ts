@@ -11,7 +11,8 @@ import { connectNats, ensureTopology, openLocks } from '../shared/nats';
 import { createMetrics, type Metrics } from '../shared/metrics';
 import { startHealthServer, type HealthServer } from '../shared/health';
 import { Svcm, type Service as MicroService } from '@nats-io/services';
-import type { Service, ServiceDeps } from '../shared/service';
+import { STAGES_OF_SERVICE, type Service, type ServiceDeps } from '../shared/service';
+import { createOrphanSweeper, type OrphanSweeper } from '../shared/orphans';
 import { createScheduler } from '../services/scheduler/service';
 import { createTransformer } from '../services/transformer/service';
 import { createLoader } from '../services/loader/service';
@@ -47,6 +48,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   const nc = await connectNats(config, label);
   const services: Service[] = [];
   const micro: MicroService[] = [];
+  const sweepers: OrphanSweeper[] = [];
   const metrics = createMetrics({ service: label });
   let health: HealthServer | undefined;
   const startedAt = new Date().toISOString();
@@ -58,15 +60,16 @@ export async function runServices(names: readonly ServiceName[], config: Config,
     const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics });
     for (const name of names) {
       const serviceLogger = logger.child({ service: name });
-      const service = SERVICE_FACTORIES[name]({
-        config,
-        bus,
-        locks: createLocks({ kv, holder: `${name}:${holder}`, ttlMs: config.lockTtlMs, logger: serviceLogger }),
-        runner: createContainerRunner({ docker, pullPolicy: config.pullPolicy, service: name, logger: serviceLogger, onContainerStart: (stage) => metrics.containerStarted(stage) }),
-        logger: serviceLogger,
-      });
+      const locks = createLocks({ kv, holder: `${name}:${holder}`, ttlMs: config.lockTtlMs, logger: serviceLogger });
+      const runner = createContainerRunner({ docker, pullPolicy: config.pullPolicy, service: name, logger: serviceLogger, onContainerStart: (stage) => metrics.containerStarted(stage) });
+      const service = SERVICE_FACTORIES[name]({ config, bus, locks, runner, logger: serviceLogger });
       await service.start();
       services.push(service);
+      if (STAGES_OF_SERVICE[name].length > 0) {
+        const sweeper = createOrphanSweeper({ runner, locks, stages: STAGES_OF_SERVICE[name], graceMs: 2 * config.ackWaitMs + config.lockTtlMs, logger: serviceLogger });
+        sweeper.start();
+        sweepers.push(sweeper);
+      }
       // Registered with the NATS services API, so `nats micro ls` and `brain status` list it.
       micro.push(
         await new Svcm(nc).add({
@@ -88,7 +91,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
     });
     logger.info({ services: names }, 'services started');
   } catch (err) {
-    await Promise.allSettled([...services.map((s) => s.stop()), ...micro.map((m) => m.stop())]);
+    await Promise.allSettled([...sweepers.map((s) => s.stop()), ...services.map((s) => s.stop()), ...micro.map((m) => m.stop())]);
     await health?.close();
     await nc.close();
     throw err;
@@ -101,7 +104,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
     healthPort: healthServer.port,
     stop() {
       stopping ??= (async () => {
-        await Promise.allSettled([...micro.map((m) => m.stop()), ...services.map((s) => s.stop())]);
+        await Promise.allSettled([...sweepers.map((s) => s.stop()), ...micro.map((m) => m.stop()), ...services.map((s) => s.stop())]);
         await healthServer.close();
         await nc.drain();
         logger.info('services stopped');

@@ -49,6 +49,8 @@ export interface BusDeps {
   logger: Logger;
   ackWaitMs: number;
   metrics?: Metrics;
+  /** How long a failing publish is retried before the handler gives up (and the message is redelivered). */
+  publishRetryMs?: number;
   /** In-flight messages per consumer; each is worked on concurrently. */
   concurrency?: number;
 }
@@ -60,6 +62,24 @@ export function createEventBus(deps: BusDeps): EventBus {
   const { nc, logger } = deps;
   const js: JetStreamClient = jetstream(nc);
   const encoder = new TextEncoder();
+
+  /**
+   * A stage's outcome must not be lost to a NATS restart: retry until the server stores it (or the
+   * retry budget runs out). Safe because every event carries a message id the stream deduplicates.
+   */
+  async function publishWithRetry(subject: string, data: Uint8Array, msgId: string | undefined): Promise<void> {
+    const deadline = Date.now() + (deps.publishRetryMs ?? 120_000);
+    for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+      try {
+        await js.publish(subject, data, msgId !== undefined ? { msgID: msgId } : {});
+        return;
+      } catch (err) {
+        if (nc.isClosed() || Date.now() + delay > deadline) throw err;
+        logger.warn({ subject, err: describeError(err) }, 'publish failed; retrying');
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
+  }
 
   /** Each `*.done` event is one stage run for the metrics; a `busy` one is lock contention. */
   function recordOutcome(subject: EventSubject, event: unknown): void {
@@ -76,7 +96,7 @@ export function createEventBus(deps: BusDeps): EventBus {
     opts: { msgId?: string } = {},
   ): Promise<EventMap[S]> {
     const event = EventSchemas[subject].parse({ v: 1, at: new Date().toISOString(), ...body }) as EventMap[S];
-    await js.publish(subject, encoder.encode(JSON.stringify(event)), opts.msgId !== undefined ? { msgID: opts.msgId } : {});
+    await publishWithRetry(subject, encoder.encode(JSON.stringify(event)), opts.msgId);
     recordOutcome(subject, event);
     return event;
   }
@@ -88,9 +108,7 @@ export function createEventBus(deps: BusDeps): EventBus {
 
   async function reject(subject: string, msg: JsMsg, error: string): Promise<void> {
     const report: RejectedEvent = { v: 1, at: new Date().toISOString(), subject, error, preview: previewOf(msg.data) };
-    await js.publish(rejectedSubject(subject), encoder.encode(JSON.stringify(report)), {
-      msgID: `rejected:${EVENTS_STREAM}:${msg.info.streamSequence}`,
-    });
+    await publishWithRetry(rejectedSubject(subject), encoder.encode(JSON.stringify(report)), `rejected:${EVENTS_STREAM}:${msg.info.streamSequence}`);
     deps.metrics?.eventRejected(subject);
     logger.warn({ subject, error, streamSequence: msg.info.streamSequence }, 'rejected invalid event');
   }

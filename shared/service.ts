@@ -1,5 +1,6 @@
 import type { EventBus } from './bus';
-import type { Config } from './config';
+import type { Config, ServiceName } from './config';
+import type { Stage } from './events';
 import { ErrorCode, StageError } from './errors';
 import type { ContainerRunner } from './docker';
 import type { Locks } from './lock';
@@ -20,6 +21,15 @@ export interface Service {
   /** Stops taking work, hands in-flight work back (containers keep running) and waits for it to settle. */
   stop(): Promise<void>;
 }
+
+/** The stages whose containers each service starts (and so sweeps when orphaned). */
+export const STAGES_OF_SERVICE: Record<ServiceName, readonly Stage[]> = {
+  scheduler: [],
+  transformer: ['transform'],
+  loader: ['load-processed', 'load-viz'],
+  'model-gate': ['model-trigger'],
+  trainer: ['train'],
+};
 
 /**
  * A run id for a trigger that carried none: derived from the message's stream sequence and store time,

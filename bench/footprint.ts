@@ -1,0 +1,79 @@
+/** Section 5: idle memory of each service process, and of the whole compose stack. */
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { TEST_IMAGES, buildTestImages } from '../test/fixtures/build-images';
+import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from '../test/helpers/compose-images';
+import { BRAIN_TEST_IMAGE, ComposeProject, buildBrainImage } from '../test/helpers/compose';
+import type { Stack } from './stack';
+import { exec, sampleProc } from './util';
+
+/** Idle VmRSS (kB) of each service child process. */
+export function serviceRss(stack: Stack): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, child] of stack.children) out[name] = sampleProc(child.pid).rssKb;
+  return out;
+}
+
+const UNITS: Record<string, number> = { B: 1 / 1024, KiB: 1, MiB: 1024, GiB: 1024 * 1024, kB: 1000 / 1024, MB: 1000 * 1000 / 1024, GB: 1e9 / 1024 };
+
+/** `12.5MiB` → kB. */
+function parseMem(text: string): number {
+  const m = /^([\d.]+)\s*([A-Za-z]+)$/.exec(text.trim());
+  if (m === null) throw new Error(`cannot read memory usage ${text}`);
+  return Number(m[1]) * (UNITS[m[2] as string] ?? Number.NaN);
+}
+
+/**
+ * Brings up the repository's docker-compose.yml (nats and the five services, images built on this
+ * machine as the compose smoke test does), waits until healthy and idle, and reads `docker stats --no-stream`.
+ */
+export async function composeFootprint(): Promise<Record<string, number>> {
+  buildTestImages();
+  buildNodeBaseImage();
+  buildNatsImage();
+  await buildBrainImage();
+  const root = mkdtempSync(join(tmpdir(), 'brain-bench-compose-'));
+  const dirs = { env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
+  for (const dir of Object.values(dirs)) mkdirSync(dir);
+  const password = () => `p${randomBytes(12).toString('hex')}`;
+  const project = new ComposeProject(`brainbench${randomBytes(4).toString('hex')}`, {
+    BRAIN_IMAGE: BRAIN_TEST_IMAGE,
+    NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
+    NATS_CONFIG: 'nats-2.9.conf',
+    NATS_PUBLISH: '127.0.0.1:',
+    BRAIN_ENV_HOST_DIR: dirs.env,
+    HOST_AWS_DIR: dirs.aws,
+    HOST_PROCESSED_DIR: dirs.processed,
+    HOST_VIZ_DIR: dirs.viz,
+    TRANSFORM_IMAGE: TEST_IMAGES.transform,
+    LOAD_IMAGE: TEST_IMAGES.load,
+    MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
+    TRAIN_IMAGE: TEST_IMAGES.train,
+    PULL_POLICY: 'never',
+    NATS_SCHEDULER_PASS: password(),
+    NATS_TRANSFORMER_PASS: password(),
+    NATS_LOADER_PASS: password(),
+    NATS_MODEL_GATE_PASS: password(),
+    NATS_TRAINER_PASS: password(),
+    NATS_MONITOR_PASS: password(),
+    NATS_OPERATOR_PASS: password(),
+  });
+  try {
+    await project.compose('up', '-d', '--no-build');
+    const containers = await project.waitHealthy(6, 120_000);
+    await new Promise((r) => setTimeout(r, 5000));
+    const stats = await exec('docker', ['stats', '--no-stream', '--format', '{{.ID}} {{.MemUsage}}', ...containers.map((c) => c.Id)]);
+    const out: Record<string, number> = {};
+    for (const line of stats.split('\n').filter((l) => l !== '')) {
+      const [id, usage] = [line.slice(0, line.indexOf(' ')), line.slice(line.indexOf(' ') + 1)];
+      const c = containers.find((x) => x.Id.startsWith(id));
+      out[c?.Config.Labels['com.docker.compose.service'] ?? id] = parseMem(usage.split('/')[0] ?? '');
+    }
+    return out;
+  } finally {
+    await project.destroy([]);
+    rmSync(root, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * Section 3: a transform container printing a large log with the phrase on its last line. The service's
+ * stage (attach, demux, scan, forward every line to NATS) against `docker logs -f | grep -F`.
+ */
+import { LABELS, containerName } from '../shared/docker';
+import { TEST_IMAGES } from '../test/fixtures/build-images';
+import { NO_OP_CHAIN, PHRASES, newRunId, type Stack } from './stack';
+import { sampleProc, sleep, timeShell, watchPeakRss } from './util';
+
+const LINE = 'INFO 2026-01-01T00:00:00Z etl: transformed batch of rows from the source table into the processed area';
+
+/** A shell command printing `bytes` of log lines, then the phrase on a line of its own. */
+const bigLog = (bytes: number) => `yes '${LINE}' | head -c ${bytes}; echo; echo '${PHRASES.newData}'`;
+
+async function serviceRun(stack: Stack): Promise<number> {
+  const runId = newRunId();
+  const transformed = stack.waitFor((e) => e.subject === 'transform.done' && e.data.runId === runId, 600_000, `transform.done of ${runId}`);
+  const chainEnd = stack.waitFor((e) => e.subject === 'model.done' && e.data.runId === runId, 600_000, `model.done of ${runId}`);
+  const t0 = await stack.trigger(runId);
+  const done = await transformed;
+  if (done.data.outcome !== 'new-data') throw new Error(`transform ${runId} ended ${done.data.outcome}: the phrase was missed`);
+  await chainEnd; // the rest of the no-op chain holds the transform lock until it ends
+  return done.at - t0;
+}
+
+/** The same container started detached, its log followed and grepped, then removed: what the stage does, by hand. */
+function baselineScript(stack: Stack, bytes: number): string {
+  const runId = newRunId();
+  const name = containerName('transform', runId);
+  const { aws, processed, viz } = stack.dirs;
+  return [
+    'set -o pipefail',
+    [
+      `docker run -d --name ${name}`,
+      `--label ${LABELS.managed}=true --label ${LABELS.stage}=transform --label ${LABELS.runId}=${runId}`,
+      `-e BRAIN_RUN_ID=${runId} -e BRAIN_STAGE=transform -e "SCRIPT=${bigLog(bytes)}"`,
+      `--mount type=bind,source=${aws},target=/app/.aws --mount type=bind,source=${processed},target=/app/processed --mount type=bind,source=${viz},target=/app/viz`,
+      `${TEST_IMAGES.transform} > /dev/null`,
+    ].join(' '),
+    `docker logs -f ${name} 2>&1 | grep -F '${PHRASES.newData}' > /dev/null || { docker rm -f ${name} > /dev/null; exit 1; }`,
+    `docker rm -f ${name} > /dev/null`,
+  ].join('\n');
+}
+
+export interface LogScanResult {
+  serviceMs: number[];
+  baselineMs: number[];
+}
+
+export async function benchLogScan(stack: Stack, bytes: number, reps: number): Promise<LogScanResult> {
+  stack.writeEnvFiles({ ...NO_OP_CHAIN, transform: { SCRIPT: bigLog(bytes) } });
+  const result: LogScanResult = { serviceMs: [], baselineMs: [] };
+  for (let i = 0; i < reps; i++) {
+    result.serviceMs.push(await serviceRun(stack));
+    result.baselineMs.push(await timeShell(baselineScript(stack, bytes)));
+  }
+  stack.writeEnvFiles(NO_OP_CHAIN);
+  return result;
+}
+
+export interface LogMemoryResult {
+  bytes: number;
+  idleRssKb: number;
+  peakRssKb: number;
+  stageMs: number;
+}
+
+/** One run of a `bytes` log, sampling the transformer's RSS every 20 ms. */
+export async function benchLogMemory(stack: Stack, bytes: number): Promise<LogMemoryResult> {
+  const pid = stack.child('transformer').pid;
+  stack.writeEnvFiles({ ...NO_OP_CHAIN, transform: { SCRIPT: bigLog(bytes) } });
+  await sleep(2000);
+  const idleRssKb = sampleProc(pid).rssKb;
+  const watch = watchPeakRss(pid);
+  const stageMs = await serviceRun(stack);
+  const peakRssKb = Math.max(watch.stop(), sampleProc(pid).rssKb);
+  stack.writeEnvFiles(NO_OP_CHAIN);
+  return { bytes, idleRssKb, peakRssKb, stageMs };
+}

@@ -1,0 +1,150 @@
+/**
+ * `npm run bench`: the pipeline against the floor it stands on, measured in the same run, printed as
+ * a table of ratios (medians of BENCH_REPS repetitions). Sizes come from the environment:
+ *
+ *   BENCH_REPS=5  BENCH_LOG_MB=100  BENCH_MEM_MB=256  BENCH_EVENTS=500  BENCH_CONTENDERS=50
+ *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=3  BENCH_COMPOSE=1
+ *   BENCH_SECTIONS=chain,logs,memory,bus,footprint,load,compose  BENCH_CPU_PROF=<dir> (profiles the services)
+ */
+import { buildTestImages } from '../test/fixtures/build-images';
+import { SERVICE_NAMES } from '../shared/config';
+import { benchBus } from './bus';
+import { benchChain } from './chain';
+import { composeFootprint, serviceRss } from './footprint';
+import { benchLoad } from './load';
+import { benchLogMemory, benchLogScan } from './logscan';
+import { Stack } from './stack';
+import { envInt, median, percentile, removeBenchContainers } from './util';
+
+const MB = 1024 * 1024;
+const cfg = {
+  reps: envInt('BENCH_REPS', 5),
+  logBytes: envInt('BENCH_LOG_MB', 100) * MB,
+  memBytes: envInt('BENCH_MEM_MB', 256) * MB,
+  events: envInt('BENCH_EVENTS', 500),
+  contenders: envInt('BENCH_CONTENDERS', 50),
+  lockRounds: envInt('BENCH_LOCK_ROUNDS', 20),
+  triggers: envInt('BENCH_TRIGGERS', 1000),
+  loadBatches: envInt('BENCH_LOAD_BATCHES', 3),
+  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,logs,memory,bus,footprint,load,compose').split(',').filter((s) => s !== '')),
+  cpuProf: process.env.BENCH_CPU_PROF,
+};
+if (process.env.BENCH_COMPOSE === '0') cfg.sections.delete('compose');
+
+interface Row {
+  metric: string;
+  ours: string;
+  baseline: string;
+  ratio: string;
+  target: string;
+  met: boolean | undefined;
+}
+const rows: Row[] = [];
+const ms = (x: number) => `${x.toFixed(1)} ms`;
+const mb = (kb: number) => `${(kb / 1024).toFixed(1)} MB`;
+function row(metric: string, ours: string, baseline: string, ratio: number | undefined, target: string, met?: boolean): void {
+  rows.push({ metric, ours, baseline, ratio: ratio === undefined ? '' : `${ratio.toFixed(2)}x`, target, met });
+  process.stderr.write(`  ${metric}: ${ours}${baseline !== '' ? ` vs ${baseline}` : ''}${ratio !== undefined ? ` (${ratio.toFixed(2)}x)` : ''}\n`);
+}
+const log = (text: string) => process.stderr.write(`${new Date().toISOString()} ${text}\n`);
+
+function printTable(): void {
+  const header: Row = { metric: 'metric', ours: 'pipeline', baseline: 'baseline', ratio: 'ratio', target: 'target', met: undefined };
+  const cells = (r: Row) => [r.metric, r.ours, r.baseline, r.ratio, r.target, r === header ? 'met' : r.met === undefined ? '' : r.met ? 'yes' : 'NO'];
+  const all = [header, ...rows].map(cells);
+  const widths = (all[0] as string[]).map((_, i) => Math.max(...all.map((c) => (c[i] as string).length)));
+  const line = (c: string[]) => `| ${c.map((x, i) => x.padEnd(widths[i] as number)).join(' | ')} |`;
+  process.stdout.write(`${line(all[0] as string[])}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
+  for (const c of all.slice(1)) process.stdout.write(`${line(c)}\n`);
+}
+
+async function pipelineSections(): Promise<void> {
+  const stack = await Stack.start();
+  try {
+    await stack.startServices(SERVICE_NAMES, cfg.cpuProf !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${cfg.cpuProf}`] : []);
+    if (cfg.sections.has('footprint')) {
+      log('5. footprint: idle services');
+      await new Promise((r) => setTimeout(r, 3000));
+      const rss = serviceRss(stack);
+      for (const name of SERVICE_NAMES) row(`5. idle RSS ${name}`, mb(rss[name] ?? 0), '', undefined, '');
+      const total = Object.values(rss).reduce((a, b) => a + b, 0);
+      row('5. idle RSS, five service processes', mb(total), '', undefined, '< 400 MB', total < 400 * 1024);
+    }
+    if (cfg.sections.has('chain')) {
+      log(`1-2. chain: ${cfg.reps} runs through the services and ${cfg.reps} by shell script, alternating`);
+      const r = await benchChain(stack, cfg.reps);
+      const [ours, base] = [median(r.serviceMs), median(r.baselineMs)];
+      row('1. chain trigger→model.done, median', ms(ours), ms(base), ours / base, '≤ 1.10x (aim 1.05x)', ours / base <= 1.1);
+      const [p50, p95] = [percentile(r.serviceHops, 50), percentile(r.serviceHops, 95)];
+      row('2. hop die→start p50', ms(p50), ms(percentile(r.baselineHops, 50)), p50 / percentile(r.baselineHops, 50), '≤ 20 ms', p50 <= 20);
+      row('2. hop die→start p95', ms(p95), ms(percentile(r.baselineHops, 95)), p95 / percentile(r.baselineHops, 95), '≤ 50 ms', p95 <= 50);
+      const [c50, c95] = [percentile(r.serviceToCreate, 50), percentile(r.serviceToCreate, 95)];
+      row('2. of which die→create p50 (before Docker)', ms(c50), ms(percentile(r.baselineToCreate, 50)), c50 / percentile(r.baselineToCreate, 50), '');
+      row('2. of which die→create p95 (before Docker)', ms(c95), ms(percentile(r.baselineToCreate, 95)), c95 / percentile(r.baselineToCreate, 95), '');
+      log(`   service hops: ${r.serviceHops.map((h) => h.toFixed(0)).join(' ')}`);
+      log(`   shell hops:   ${r.baselineHops.map((h) => h.toFixed(0)).join(' ')}`);
+    }
+    if (cfg.sections.has('logs')) {
+      log(`3. log scan: ${cfg.logBytes / MB} MB, ${cfg.reps} runs each`);
+      const r = await benchLogScan(stack, cfg.logBytes, cfg.reps);
+      const [ours, base] = [median(r.serviceMs), median(r.baselineMs)];
+      row(`3. scan ${cfg.logBytes / MB} MB log, median`, ms(ours), ms(base), ours / base, '≤ 1.05x', ours / base <= 1.05);
+    }
+    if (cfg.sections.has('memory')) {
+      log(`3. log memory: ${cfg.memBytes / MB} MB`);
+      const r = await benchLogMemory(stack, cfg.memBytes);
+      const growth = r.peakRssKb - r.idleRssKb;
+      row(`3. transformer peak−idle RSS, ${cfg.memBytes / MB} MB log`, mb(growth), `idle ${mb(r.idleRssKb)}`, undefined, '≤ 64 MB', growth <= 64 * 1024);
+    }
+    if (cfg.sections.has('load')) {
+      log(`6. load: ${cfg.loadBatches} batches of ${cfg.triggers} triggers`);
+      const r = await benchLoad(stack, cfg.triggers, cfg.loadBatches);
+      row(`6. ${cfg.triggers} triggers, transform.done/s (median of batches)`, `${median(r.throughput).toFixed(0)}/s`, '', undefined, '');
+      row('6. outcomes (all batches)', Object.entries(r.outcomes).map(([k, v]) => `${k} ${v}`).join(', '), '', undefined, '');
+      const first = r.samples[1];
+      const last = r.samples[r.samples.length - 1];
+      if (first !== undefined && last !== undefined && r.samples.length > 2) {
+        const rssGrowth = last.rssKb - first.rssKb;
+        row('6. transformer RSS, after batch 1 → last', `${mb(first.rssKb)} → ${mb(last.rssKb)}`, `idle ${mb(r.samples[0]?.rssKb ?? 0)}`, undefined, 'no growth (< 5 MB)', rssGrowth < 5 * 1024);
+        row('6. transformer open fds, after batch 1 → last', `${first.fds} → ${last.fds}`, `idle ${r.samples[0]?.fds ?? 0}`, undefined, 'no growth', last.fds <= first.fds);
+      }
+    }
+  } finally {
+    await stack.close();
+  }
+}
+
+async function main(): Promise<void> {
+  const t0 = Date.now();
+  buildTestImages();
+  try {
+    await pipelineSections();
+    if (cfg.sections.has('bus')) {
+      log(`4. bus: ${cfg.events} events; locks: ${cfg.contenders} contenders × ${cfg.lockRounds}`);
+      const r = await benchBus({ events: cfg.events, contenders: cfg.contenders, rounds: cfg.lockRounds });
+      const raw99 = percentile(r.rawRoundTrip, 99);
+      const rawC99 = percentile(r.rawRoundTripContended, 99);
+      const pub99 = percentile(r.publishToConsume, 99);
+      row('4. publish→consume p99 (durable consumer)', ms(pub99), `raw req/reply ${ms(raw99)}`, pub99 / raw99, '');
+      const acq99 = percentile(r.lockAcquire, 99);
+      const rel99 = percentile(r.lockRelease, 99);
+      row(`4. lock acquire p99, ${cfg.contenders} contenders`, ms(acq99), `raw req/reply ×${cfg.contenders} ${ms(rawC99)}`, acq99 / rawC99, '');
+      row(`4. lock release p99 (${r.lockGranted} granted)`, ms(rel99), `raw req/reply ×${cfg.contenders} ${ms(rawC99)}`, rel99 / rawC99, '');
+    }
+    if (cfg.sections.has('compose')) {
+      log('5. footprint: compose stack');
+      const stats = await composeFootprint();
+      const total = Object.values(stats).reduce((a, b) => a + b, 0);
+      row('5. compose stack, docker stats sum', mb(total), Object.entries(stats).map(([k, v]) => `${k} ${(v / 1024).toFixed(0)}`).join(', '), undefined, '< 400 MB', total < 400 * 1024);
+    }
+  } finally {
+    await removeBenchContainers();
+  }
+  printTable();
+  process.stdout.write(`\n${cfg.reps} reps, log ${cfg.logBytes / MB} MB, memory log ${cfg.memBytes / MB} MB; ${((Date.now() - t0) / 1000).toFixed(0)} s\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,168 @@
+/** Helpers shared by the benchmark sections: statistics, /proc sampling, child services, shell commands. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { ServiceName } from '../shared/config';
+
+export const REPO_ROOT = resolve(__dirname, '../..');
+
+export function median(xs: readonly number[]): number {
+  return percentile(xs, 50);
+}
+
+/** Nearest-rank percentile. */
+export function percentile(xs: readonly number[], p: number): number {
+  if (xs.length === 0) return Number.NaN;
+  const sorted = [...xs].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[rank] as number;
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export const envInt = (name: string, fallback: number): number => {
+  const raw = process.env[name];
+  return raw === undefined || raw === '' ? fallback : Number(raw);
+};
+
+export interface ProcSample {
+  rssKb: number;
+  hwmKb: number;
+  fds: number;
+}
+
+/** VmRSS, VmHWM and open file descriptors of a process. */
+export function sampleProc(pid: number): ProcSample {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
+  return { rssKb: field('VmRSS'), hwmKb: field('VmHWM'), fds: readdirSync(`/proc/${pid}/fd`).length };
+}
+
+/** Samples a process's RSS every `everyMs` until stopped; resolves with the largest seen. */
+export function watchPeakRss(pid: number, everyMs = 20): { stop(): number } {
+  let peak = 0;
+  const timer = setInterval(() => {
+    try {
+      peak = Math.max(peak, sampleProc(pid).rssKb);
+    } catch {
+      // the process is gone
+    }
+  }, everyMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      return peak;
+    },
+  };
+}
+
+/** Runs a command; resolves with its stdout, rejects with its stderr on a non-zero exit. */
+export function exec(cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => (code === 0 ? resolvePromise(out) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`))));
+  });
+}
+
+/** Runs a bash script; resolves with its wall time in ms. */
+export async function timeShell(script: string): Promise<number> {
+  const t0 = performance.now();
+  await exec('bash', ['-c', script]);
+  return performance.now() - t0;
+}
+
+/** A service running as `node bin/brain.js service <name>`, like it is deployed. */
+export interface ChildService {
+  readonly name: ServiceName;
+  readonly pid: number;
+  stop(): Promise<void>;
+}
+
+export async function startChildService(name: ServiceName, env: Record<string, string>, nodeArgs: readonly string[] = []): Promise<ChildService> {
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(REPO_ROOT, 'bin', 'brain.js'), 'service', name], {
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let tail = '';
+  const keep = (c: Buffer) => (tail = (tail + c.toString()).slice(-4000));
+  child.stderr?.on('data', keep);
+  await new Promise<void>((resolvePromise, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${tail}`)), 20_000);
+    child.once('exit', (code) => reject(new Error(`${name} exited with ${code}:\n${tail}`)));
+    child.stdout?.on('data', (c: Buffer) => {
+      keep(c);
+      if (tail.includes('services started')) {
+        clearTimeout(timer);
+        resolvePromise();
+      }
+    });
+  });
+  child.removeAllListeners('exit');
+  return {
+    name,
+    pid: child.pid as number,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+export interface DockerEvent {
+  action: 'create' | 'start' | 'die';
+  stage: string;
+  runId: string;
+  /** Milliseconds since the epoch, with sub-millisecond precision. */
+  atMs: number;
+}
+
+/** Records `docker events` create/start/die of the pipeline's labelled containers until stopped. */
+export async function recordDockerEvents(): Promise<{ events: DockerEvent[]; stop(): Promise<void> }> {
+  const child = spawn(
+    'docker',
+    ['events', '--format', '{{json .}}', '--filter', 'label=io.brain-pipeline.managed=true', '--filter', 'event=create', '--filter', 'event=start', '--filter', 'event=die'],
+    { stdio: ['ignore', 'pipe', 'ignore'] },
+  );
+  const events: DockerEvent[] = [];
+  let partial = '';
+  child.stdout.on('data', (c: Buffer) => {
+    const lines = (partial + c.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      if (line === '') continue;
+      const e = JSON.parse(line) as { status: string; timeNano: number; Actor: { Attributes: Record<string, string> } };
+      events.push({
+        action: e.status as DockerEvent['action'],
+        stage: e.Actor.Attributes['io.brain-pipeline.stage'] ?? '',
+        runId: e.Actor.Attributes['io.brain-pipeline.run-id'] ?? '',
+        atMs: e.timeNano / 1e6,
+      });
+    }
+  });
+  await sleep(300); // let the CLI subscribe before anything starts
+  return {
+    events,
+    async stop() {
+      await sleep(300);
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** Run ids of the bench start with this, so its containers are told from a concurrent test run's. */
+export const RUN_PREFIX = 'bench';
+
+/** Removes every labelled container of the bench's runs (named `brain-<stage>-bench…`). */
+export async function removeBenchContainers(): Promise<void> {
+  const ids = (await exec('docker', ['ps', '-aq', '--filter', 'label=io.brain-pipeline.managed=true', '--filter', `name=-${RUN_PREFIX}`])).split('\n').filter((s) => s !== '');
+  if (ids.length > 0) await exec('docker', ['rm', '-f', ...ids]);
+}

@@ -27,6 +27,8 @@ export interface PipelineOptions {
   services?: readonly ServiceName[];
   /** Docker client for the services (default: the local engine). */
   docker?: Docker;
+  /** Keep logs.* batches in memory (off for tests that flood the log). */
+  recordLogs?: boolean;
 }
 
 export const docker = new Docker();
@@ -70,7 +72,8 @@ export class Pipeline {
       ...opts.envFiles,
     };
     for (const [key, values] of Object.entries(envFiles)) {
-      const text = Object.entries(values).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join('\n');
+      // Single quotes keep a value literal in dotenv (double quotes would keep backslash escapes as typed).
+      const text = Object.entries(values).map(([k, v]) => `${k}=${v.includes("'") ? JSON.stringify(v) : `'${v}'`}`).join('\n');
       writeFileSync(join(dirs.env, ENV_FILES[key as EnvFileKey]), `${text}\n`);
     }
     const env = {
@@ -91,7 +94,7 @@ export class Pipeline {
     };
     const client = await connect({ servers: nats.url, name: 'test-observer' });
     const pipeline = new Pipeline(nats, client, dirs, env, opts.services ?? SERVICE_NAMES.filter((s) => s !== 'scheduler'), opts.docker ?? docker);
-    pipeline.observe();
+    pipeline.observe(opts.recordLogs ?? true);
     await pipeline.startServices();
     return pipeline;
   }
@@ -100,8 +103,10 @@ export class Pipeline {
     return loadConfig(this.env, this.services);
   }
 
-  private observe(): void {
-    for (const subject of ['transform.>', 'data.>', 'load.>', 'model.>', 'rejected.>', 'logs.>']) {
+  private observe(recordLogs: boolean): void {
+    const subjects = ['transform.>', 'data.>', 'load.>', 'model.>', 'rejected.>'];
+    if (recordLogs) subjects.push('logs.>');
+    for (const subject of subjects) {
       const sub = this.client.subscribe(subject, {
         callback: (_err, msg) => {
           let data: RecordedEvent['data'];

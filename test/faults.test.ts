@@ -1,0 +1,155 @@
+import t from 'tap';
+import Docker from 'dockerode';
+import { jetstream } from '@nats-io/jetstream';
+import { LABELS } from '../shared/docker';
+import { EVENTS_STREAM } from '../shared/nats';
+import { TEST_IMAGES } from './fixtures/build-images';
+import { Pipeline, docker, uid, waitForContainer } from './helpers/pipeline';
+import { startSocketProxy } from './helpers/socket-proxy';
+import { spawnService } from './helpers/service-process';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('50 concurrent triggers: one run, one container per stage, the others busy', async (t) => {
+  const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '1', SLEEP: '1' } } });
+  t.teardown(() => p.close());
+  const runIds = Array.from({ length: 50 }, () => uid());
+  await Promise.all(runIds.map((runId) => p.publish('transform.trigger', { runId })));
+  const ends = await Promise.all(runIds.map((runId) => p.waitForRunEnd(runId, 60_000)));
+  const winners = ends.filter((e) => e.data.outcome !== 'busy');
+  t.equal(winners.length, 1, 'one run went ahead');
+  t.equal(winners[0]?.data.outcome, 'trained');
+  t.equal(ends.filter((e) => e.subject === 'transform.done' && e.data.outcome === 'busy').length, 49, '49 ended busy');
+  const winner = String(winners[0]?.data.runId);
+  t.same(p.starts('transform'), [winner], 'one transform container');
+  t.same(p.starts('load').sort(), [`${winner} processed`, `${winner} viz`], 'one container per load');
+  t.same(p.starts('train'), [winner], 'one training container');
+  for (const runId of runIds) t.equal(p.eventsOf(runId).filter((e) => e.subject.endsWith('.done') && e.data.outcome !== 'new-data' && e.subject !== 'load.done').length, 1);
+});
+
+t.test('kill -9 and restart of nats-server mid-run: nothing acknowledged is lost, the run completes', async (t) => {
+  const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '1', SLEEP: '3' } } });
+  t.teardown(() => p.close());
+  const runId = uid();
+  await p.publish('transform.trigger', { runId });
+  await waitForContainer(runId, 'transform');
+  await p.nats.stop('SIGKILL');
+  await sleep(1000);
+  await p.nats.restart();
+  const end = await p.waitForRunEnd(runId, 60_000);
+  t.equal(end.data.outcome, 'trained');
+  // The stream is the record: every event of the run, once, in order.
+  const js = jetstream(p.client);
+  const consumer = await js.consumers.get(EVENTS_STREAM);
+  const stored: string[] = [];
+  const messages = await consumer.fetch({ max_messages: 100, expires: 2000 });
+  for await (const m of messages) {
+    const data = m.json<{ runId?: string; outcome?: string }>();
+    if (data.runId === runId) stored.push(data.outcome !== undefined ? `${m.subject} ${data.outcome}` : m.subject);
+  }
+  t.same(stored, ['transform.trigger', 'transform.done new-data', 'data.new', 'load.done loaded', 'model.trigger', 'model.mismatch', 'model.done trained']);
+  t.same(p.starts('transform'), [runId]);
+});
+
+t.test('a stage far longer than the ack wait is not redelivered', async (t) => {
+  const p = await Pipeline.start({ env: { ACK_WAIT: '1' }, envFiles: { transform: { NEW_DATA: '1', SLEEP: '5' } } });
+  t.teardown(() => p.close());
+  const runId = uid();
+  await p.publish('transform.trigger', { runId });
+  t.equal((await p.waitForRunEnd(runId, 40_000)).data.outcome, 'trained');
+  await sleep(1500);
+  t.same(p.starts('transform'), [runId], 'one container');
+  t.equal(p.eventsOf(runId).filter((e) => e.subject === 'transform.done').length, 1, 'one transform.done');
+});
+
+t.test('Docker going away mid-stage: the stage fails clearly, the service keeps serving, the container is cleaned up', async (t) => {
+  const proxy = await startSocketProxy();
+  t.teardown(() => proxy.close());
+  const p = await Pipeline.start({
+    env: { ACK_WAIT: '1', LOCK_TTL: '2' },
+    envFiles: { transform: { NEW_DATA: '0', SLEEP: '4' } },
+    docker: new Docker({ socketPath: proxy.path }),
+  });
+  t.teardown(() => p.close());
+  const runId = uid();
+  await p.publish('transform.trigger', { runId });
+  await waitForContainer(runId, 'transform');
+  await proxy.cut();
+  const end = await p.waitForRunEnd(runId, 20_000);
+  t.equal(end.data.outcome, 'failed');
+  t.match(end.data.error, /Docker engine unreachable|socket hang up|ECONNRESET|aborted/i);
+  await proxy.restore();
+  const deadline = Date.now() + 20_000;
+  while ((await p.containers(runId)).length > 0 && Date.now() < deadline) await sleep(250);
+  t.same(await p.containers(runId), [], 'the orphaned container was removed once Docker was back');
+  const next = uid();
+  await p.publish('transform.trigger', { runId: next });
+  t.equal((await p.waitForRunEnd(next, 20_000)).data.outcome, 'no-new-data', 'still serving');
+});
+
+t.test('a container killed for memory is recorded as exit 137 and OOM', async (t) => {
+  const p = await Pipeline.start({
+    env: { TRANSFORM_MEMORY: '16m' },
+    envFiles: { transform: { SCRIPT: 'echo start; head -c 200m /dev/zero | tail -c 150m > /dev/null; echo survived' } },
+  });
+  t.teardown(() => p.close());
+  const runId = uid();
+  await p.publish('transform.trigger', { runId });
+  const end = await p.waitForRunEnd(runId, 30_000);
+  t.equal(end.data.outcome, 'failed');
+  t.equal(end.data.exitCode, 137);
+  t.match(end.data.error, /out of memory/);
+});
+
+t.test('a container printing hundreds of megabytes: found, forwarded, and the service memory stays bounded', async (t) => {
+  const megabytes = Number(process.env.BRAIN_FLOOD_MB ?? 150);
+  const p = await Pipeline.start({
+    recordLogs: false,
+    envFiles: { transform: { SCRIPT: `yes "flood line 0123456789 abcdefghijklmnopqrstuvwxyz" | head -c ${megabytes}m; echo "New data was transformed"` } },
+    services: ['loader', 'model-gate', 'trainer'],
+  });
+  t.teardown(() => p.close());
+  const transformer = spawnService(['service', 'transformer'], { ...p.env, HEALTH_PORT: '0', LOG_LEVEL: 'info' });
+  t.teardown(async () => {
+    transformer.signal('SIGTERM');
+    await transformer.exited;
+  });
+  await transformer.waitForLog(/services started/);
+  await sleep(500);
+  const idle = transformer.rss();
+  const runId = uid();
+  const started = Date.now();
+  await p.publish('transform.trigger', { runId });
+  const done = await p.waitForSubject('transform.done', runId, 240_000);
+  const peak = transformer.peakRss();
+  t.equal(done.data.outcome, 'new-data', 'the phrase after the flood was found');
+  t.ok(peak - idle < 96 * 1024 * 1024, `peak RSS ${Math.round(peak / 2 ** 20)} MB vs idle ${Math.round(idle / 2 ** 20)} MB for ${megabytes} MB of log in ${Date.now() - started} ms`);
+  await p.waitForRunEnd(runId, 60_000);
+});
+
+t.test('labelled containers orphaned by an earlier crash are removed at start-up', async (t) => {
+  const p = await Pipeline.start({ env: { ACK_WAIT: '1', LOCK_TTL: '2' }, services: [] });
+  t.teardown(() => p.close());
+  const running = uid('orphan');
+  const exited = uid('orphan');
+  for (const [runId, script] of [[running, 'sleep 120'], [exited, 'true']] as const) {
+    const container = await docker.createContainer({
+      name: `brain-transform-${runId}`,
+      Image: TEST_IMAGES.transform,
+      Env: [`SCRIPT=${script}`],
+      Labels: { [LABELS.managed]: 'true', [LABELS.stage]: 'transform', [LABELS.runId]: runId, [LABELS.service]: 'transformer' },
+      HostConfig: { Mounts: [{ Type: 'bind', Source: p.dirs.aws, Target: '/app/.aws' }] },
+    });
+    await container.start();
+  }
+  t.equal((await p.containers(running)).length, 1);
+  await p.stopServices();
+  p.env.ACK_WAIT = '1';
+  (p as unknown as { services: string[] }).services = ['transformer'];
+  await p.startServices();
+  const deadline = Date.now() + 20_000;
+  while ((await p.containers(running)).length + (await p.containers(exited)).length > 0 && Date.now() < deadline) await sleep(250);
+  t.same(await p.containers(running), [], 'the running orphan was removed');
+  t.same(await p.containers(exited), [], 'the exited orphan was removed');
+  t.ok(p.logLines.some((l) => l.includes('removing orphaned container')), 'and it was logged');
+});

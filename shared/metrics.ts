@@ -12,7 +12,7 @@ export interface Metrics {
 export function createMetrics(defaultLabels: Record<string, string> = {}): Metrics {
   const registry = new Registry();
   registry.setDefaultLabels(defaultLabels);
-  collectDefaultMetrics({ register: registry, prefix: 'brain_process_' });
+  collectDefaultMetrics({ register: registry, prefix: 'brain_' });
   const runs = new Counter({ name: 'brain_stage_runs_total', help: 'Stage runs by stage and outcome', labelNames: ['stage', 'outcome'], registers: [registry] });
   const duration = new Histogram({
     name: 'brain_stage_duration_seconds',

@@ -7,14 +7,14 @@ import { startNatsServer } from './helpers/nats-server';
 
 const BRAIN = join(__dirname, '..', '..', 'bin', 'brain.js');
 
-function runBrain(args: string[], env: Record<string, string>, opts: { killAfterMs?: number; waitFor?: RegExp } = {}) {
+function runBrain(args: string[], env: Record<string, string>, opts: { waitFor?: RegExp; signal?: NodeJS.Signals } = {}) {
   return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
     const child = spawn(process.execPath, [BRAIN, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, cwd: __dirname });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => {
       stdout += d.toString();
-      if (opts.waitFor?.test(stdout)) child.kill('SIGTERM');
+      if (opts.waitFor?.test(stdout)) child.kill(opts.signal ?? 'SIGTERM');
     });
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('exit', (code) => resolve({ code, stdout, stderr }));
@@ -67,7 +67,7 @@ t.test('brain service rejects an unknown service name', async (t) => {
   t.match(stderr, /must be one of scheduler, transformer, loader, model-gate, trainer/);
 });
 
-t.test('brain up and brain service exit cleanly on SIGTERM', async (t) => {
+t.test('brain up and brain service exit cleanly on SIGTERM and SIGINT', async (t) => {
   const server = await startNatsServer();
   t.teardown(async () => {
     await server.stop();
@@ -80,4 +80,7 @@ t.test('brain up and brain service exit cleanly on SIGTERM', async (t) => {
   const one = await runBrain(['service', 'scheduler'], env, { waitFor: /services started/ });
   t.equal(one.code, 0, 'brain service exit code');
   t.match(one.stdout, /"service":"scheduler"/);
+  const interrupted = await runBrain(['service', 'transformer'], env, { waitFor: /services started/, signal: 'SIGINT' });
+  t.equal(interrupted.code, 0, 'SIGINT exit code');
+  t.match(interrupted.stdout, /"msg":"services stopped"/);
 });

@@ -67,12 +67,14 @@ export interface ChainResult {
   /** Exit to the next create: the part before Docker's own create+start. */
   serviceToCreate: number[];
   baselineToCreate: number[];
+  /** Docker's own create→start of the service's containers. */
+  dockerStart: number[];
 }
 
 /** Alternates a service run and a baseline run, `reps` times each, after one warm-up of each. */
 export async function benchChain(stack: Stack, reps: number): Promise<ChainResult> {
   stack.writeEnvFiles(NO_OP_CHAIN);
-  const result: ChainResult = { serviceMs: [], baselineMs: [], serviceHops: [], baselineHops: [], serviceToCreate: [], baselineToCreate: [] };
+  const result: ChainResult = { serviceMs: [], baselineMs: [], serviceHops: [], baselineHops: [], serviceToCreate: [], baselineToCreate: [], dockerStart: [] };
   const recorder = await recordDockerEvents();
   const serviceRuns: string[] = [];
   const baselineRuns: string[] = [];
@@ -98,6 +100,10 @@ export async function benchChain(stack: Stack, reps: number): Promise<ChainResul
   for (const runId of serviceRuns) {
     result.serviceHops.push(...hopsOf(ours, runId, 'start'));
     result.serviceToCreate.push(...hopsOf(ours, runId, 'create'));
+    for (const created of ours.filter((e) => e.runId === runId && e.action === 'create')) {
+      const started = ours.find((e) => e.runId === runId && e.action === 'start' && e.stage === created.stage);
+      if (started !== undefined) result.dockerStart.push(started.atMs - created.atMs);
+    }
   }
   for (const runId of baselineRuns) {
     result.baselineHops.push(...hopsOf(ours, runId, 'start'));

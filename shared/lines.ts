@@ -29,6 +29,8 @@ export class FrameDemuxer {
   }
 }
 
+const withoutCr = (line: string) => (line.endsWith('\r') ? line.slice(0, -1) : line);
+
 /**
  * Turns text chunks into lines. Memory stays bounded: a line longer than `maxLineLength`
  * is emitted in pieces of that length.
@@ -38,9 +40,20 @@ export class LineSplitter {
   constructor(private readonly maxLineLength = 16 * 1024) {}
 
   push(text: string): string[] {
-    const parts = (this.tail + text).split('\n');
-    this.tail = parts.pop() ?? '';
-    const lines = parts.map((l) => (l.endsWith('\r') ? l.slice(0, -1) : l));
+    const lines: string[] = [];
+    let nl = text.indexOf('\n');
+    if (nl === -1) {
+      this.tail += text;
+    } else {
+      // Only the first line joins the carried tail: the chunk itself is never copied whole.
+      lines.push(withoutCr(this.tail + text.slice(0, nl)));
+      let start = nl + 1;
+      while ((nl = text.indexOf('\n', start)) !== -1) {
+        lines.push(withoutCr(text.slice(start, nl)));
+        start = nl + 1;
+      }
+      this.tail = text.slice(start);
+    }
     while (this.tail.length > this.maxLineLength) {
       lines.push(this.tail.slice(0, this.maxLineLength));
       this.tail = this.tail.slice(this.maxLineLength);
@@ -70,13 +83,15 @@ export class PhraseMatcher {
 
   push(text: string): void {
     if (this.matched) return;
-    const haystack = this.carry + text;
-    if (haystack.includes(this.phrase)) {
+    const keep = this.phrase.length - 1;
+    // A match starting in the carry ends within the chunk's first `keep` characters: no copy of the whole chunk.
+    if (text.includes(this.phrase) || (this.carry + text.slice(0, keep)).includes(this.phrase)) {
       this.matched = true;
       this.carry = '';
       return;
     }
-    this.carry = haystack.slice(Math.max(0, haystack.length - (this.phrase.length - 1)));
+    const last = text.length >= keep ? text : this.carry + text;
+    this.carry = last.slice(Math.max(0, last.length - keep));
   }
 }
 

@@ -66,6 +66,6 @@ t.test('parseEvent: empty bodies are {}, unknown fields and unsafe run ids are r
   t.equal(unsafe.ok, false);
 });
 
-t.test('scheduled run ids are the tick minute, the same in every replica', async (t) => {
-  t.equal(scheduledRunId(new Date('2026-11-26T13:00:00.120Z')), 's20261126T1300Z');
+t.test('scheduled run ids are the tick time, the same in every replica', async (t) => {
+  t.equal(scheduledRunId(new Date('2026-11-26T13:00:00.120Z')), 's20261126T130000Z');
 });

@@ -3,8 +3,8 @@ import { describeError } from '../../shared/errors';
 import { Subjects } from '../../shared/events';
 import type { Service, ServiceDeps } from '../../shared/service';
 
-/** Run id of a scheduled run: the tick's UTC minute, so every scheduler replica derives the same one. */
-export const scheduledRunId = (tick: Date) => `s${tick.toISOString().slice(0, 16).replace(/[-:]/g, '')}Z`;
+/** Run id of a scheduled run: the tick's UTC time to the second, so every scheduler replica derives the same one. */
+export const scheduledRunId = (tick: Date) => `s${tick.toISOString().slice(0, 19).replace(/[-:]/g, '')}Z`;
 
 /**
  * Publishes transform.trigger on the cron schedule (UTC). Missed ticks are not caught up.
@@ -27,7 +27,7 @@ export function createScheduler(deps: Pick<ServiceDeps, 'config' | 'bus' | 'logg
   return {
     name: 'scheduler',
     async start() {
-      job = new Cron(config.transformSchedule, { timezone: 'UTC', protect: false }, () => tick(new Date()));
+      job = new Cron(config.transformSchedule, { timezone: 'UTC', protect: false }, (self: Cron) => tick(self.currentRun() ?? new Date()));
       logger.info({ schedule: config.transformSchedule, nextRun: job.nextRun()?.toISOString() }, 'scheduler started');
     },
     async stop() {

@@ -77,8 +77,7 @@ async function removeContainersOf(runIds: readonly string[]): Promise<void> {
  * image, exactly the three configured bind mounts, no privileges, the configured network, and an
  * environment of the env file plus BRAIN_RUN_ID / BRAIN_STAGE (and the image's own variables).
  */
-async function checkTransformContainer(t: tap.Test, p: Pipeline, transformEnv: Record<string, string>, network: string | undefined): Promise<string> {
-  const runId = uid();
+async function checkTransformContainer(t: tap.Test, p: Pipeline, runId: string, transformEnv: Record<string, string>, network: string | undefined): Promise<void> {
   await p.publish('transform.trigger', { runId, reason: 'inspect' });
   const found = await waitForContainer(runId, 'transform');
   const info = await docker.getContainer(found.Id).inspect();
@@ -117,7 +116,6 @@ async function checkTransformContainer(t: tap.Test, p: Pipeline, transformEnv: R
   const end = await p.waitForRunEnd(runId);
   t.equal(end.data.outcome, 'no-new-data', 'the inspected run completed');
   t.same(await p.containers(runId), [], 'its container was removed');
-  return runId;
 }
 
 t.test('11. no event payload chooses the image, mounts, environment, privileges or network of a container', async (t) => {
@@ -127,9 +125,10 @@ t.test('11. no event payload chooses the image, mounts, environment, privileges 
     ...Object.keys(HOSTILE_FIELDS).map((field) => ({ subject, runId: uid('h'), fields: [field] })),
     { subject, runId: uid('h'), fields: Object.keys(HOSTILE_FIELDS) },
   ]);
+  const valid = uid();
   t.teardown(async () => {
     await p.close();
-    await removeContainersOf(cases.map((c) => c.runId));
+    await removeContainersOf([...cases.map((c) => c.runId), valid]);
   });
 
   const since = Math.floor(Date.now() / 1000);
@@ -157,7 +156,7 @@ t.test('11. no event payload chooses the image, mounts, environment, privileges 
   t.same(p.logBatches.filter((b) => ids.has(String(b.data.runId))), [], 'no container output for a hostile event');
   t.same(await containersCreatedFor(ids, since, Math.floor(Date.now() / 1000) + 1), [], 'dockerd created no container for a hostile event');
 
-  const valid = await checkTransformContainer(t, p, transformEnv, undefined);
+  await checkTransformContainer(t, p, valid, transformEnv, undefined);
   t.same(await containersCreatedFor(new Set([valid]), since, Math.floor(Date.now() / 1000) + 1), [`brain-transform-${valid}`], 'the same query sees the valid run’s container');
 });
 
@@ -165,18 +164,18 @@ t.test('11. CONTAINER_NETWORK, not the event, picks the network', async (t) => {
   const transformEnv = { NEW_DATA: '0', SLEEP: '3' };
   const name = `brain-sec-${randomBytes(5).toString('hex')}`;
   const network = await docker.createNetwork({ Name: name, Driver: 'bridge', Internal: true });
+  const runId = uid();
   let p: Pipeline | undefined;
   t.teardown(async () => {
     try {
       await p?.close();
-      const left = await docker.listContainers({ all: true, filters: { network: [name], label: [`${LABELS.managed}=true`] } });
-      for (const c of left) await docker.getContainer(c.Id).remove({ force: true });
+      await removeContainersOf([runId]);
     } finally {
       await network.remove();
     }
   });
   p = await Pipeline.start({ env: { CONTAINER_NETWORK: name }, envFiles: { transform: transformEnv } });
-  await checkTransformContainer(t, p, transformEnv, name);
+  await checkTransformContainer(t, p, runId, transformEnv, name);
 });
 
 /** Subjects of the publishes the server refused this connection, as they arrive. */
@@ -359,13 +358,61 @@ async function storedText(nc: NatsConnection, stream: string): Promise<string> {
   return parts.join('\n');
 }
 
+/** 32 random hex characters: 12 of them in a row in an output would be a leak, not chance. */
+const newSecret = () => randomBytes(16).toString('hex');
+const FRAGMENT = 12;
+
+/** Which secrets (by name, line by line) a text gives away, whole or in runs of FRAGMENT characters. */
+function secretLeaksIn(text: string, secrets: Record<string, string>): string[] {
+  const leaks: string[] = [];
+  for (const [name, value] of Object.entries(secrets)) {
+    const lines = value.split('\n');
+    lines.forEach((line, i) => {
+      const pieces = Array.from({ length: line.length - FRAGMENT + 1 }, (_, j) => line.slice(j, j + FRAGMENT));
+      const found = pieces.filter((piece) => text.includes(piece));
+      if (found.length > 0) {
+        leaks.push(`${name}${lines.length > 1 ? ` line ${i + 1}` : ''}: ${text.includes(line) ? 'whole' : `${found.length} of its ${pieces.length} runs of ${FRAGMENT} characters, e.g. ${found[0]}`}`);
+      }
+    });
+  }
+  return leaks;
+}
+
+/**
+ * Every output of a pipeline: service log lines, events and rejected reports, logs.* batches, both streams read back,
+ * `brain logs` of each run, `brain runs` and /metrics. Each comes with a text it must hold, so the search is not vacuous.
+ */
+async function everyOutput(p: Pipeline, runIds: readonly string[], logged: string): Promise<[string, string, string][]> {
+  const cli = async (...args: string[]) => {
+    const { stdout, stderr } = await run(process.execPath, [BRAIN, ...args], { cwd: p.dirs.root, env: { ...process.env, NATS_URL: p.nats.url, NO_COLOR: '1' }, timeout: 30_000, maxBuffer: 16 * 1024 * 1024 });
+    return `${stdout}\n${stderr}`;
+  };
+  const last = runIds[runIds.length - 1] ?? '';
+  return [
+    ['service log lines', p.logLines.join('\n'), last],
+    ['events and rejected reports', JSON.stringify(p.events), last],
+    ['logs.* batches', JSON.stringify(p.logBatches), logged],
+    ['the BRAIN_EVENTS stream', await storedText(p.client, EVENTS_STREAM), last],
+    ['the BRAIN_LOGS stream', await storedText(p.client, LOGS_STREAM), logged],
+    ...(await Promise.all(runIds.map(async (runId): Promise<[string, string, string]> => [`brain logs ${runId}`, await cli('logs', runId), logged]))),
+    ['brain runs', await cli('runs', '--limit', '5'), last],
+    ['/metrics', await (await fetch(`http://127.0.0.1:${p.running?.healthPort}/metrics`)).text(), 'brain_container_starts_total'],
+  ];
+}
+
+async function checkNoSecretIn(t: tap.Test, p: Pipeline, runIds: readonly string[], secrets: Record<string, string>, logged: string): Promise<void> {
+  for (const [where, text, expected] of await everyOutput(p, runIds, logged)) {
+    t.ok(text.includes(expected), `${where} holds the runs' output (contains ${JSON.stringify(expected.slice(0, 20))})`);
+    t.same(secretLeaksIn(text, secrets), [], `no secret, nor ${FRAGMENT} characters of one, in ${where}`);
+  }
+}
+
 t.test('13. env-file secrets appear in no log, event, stream, `brain` output or metric', async (t) => {
-  const stem = randomBytes(8).toString('hex');
-  const secret = (stage: string) => `SECRET-${stem}-${stage}`;
-  const echoing = (key: string, stage: string, extra = '') => ({ [key]: secret(stage), SCRIPT: `echo ${stage} uses $${key}; echo auth $${key} >&2${extra}` });
+  const secrets = { transform: newSecret(), 'load-processed': newSecret(), 'load-viz': newSecret(), 'model-trigger': newSecret(), train: newSecret() };
+  const echoing = (key: string, stage: keyof typeof secrets, extra = '') => ({ [key]: secrets[stage], SCRIPT: `echo ${stage} uses $${key}; echo auth $${key} >&2${extra}` });
   const p = await Pipeline.start({
     envFiles: {
-      transform: { NEW_DATA: '1', API_TOKEN: secret('transform') },
+      transform: { NEW_DATA: '1', API_TOKEN: secrets.transform },
       loadProcessed: { TARGET: 'processed', ...echoing('DVC_KEY', 'load-processed') },
       loadViz: { TARGET: 'viz', ...echoing('DVC_KEY', 'load-viz') },
       modelTrigger: echoing('GATE_KEY', 'model-trigger', '; echo File counts differ between the dataset commit and master.'),
@@ -381,37 +428,34 @@ t.test('13. env-file secrets appear in no log, event, stream, `brain` output or 
 
   await p.publish('transform.trigger', { runId: chain, reason: 'test' });
   t.equal((await p.waitForRunEnd(chain)).data.outcome, 'trained', 'the chain ran every stage');
-  writeFileSync(
-    join(p.dirs.env, ENV_FILES.transform),
-    `API_TOKEN=${JSON.stringify(secret('transform'))}\nSCRIPT=${JSON.stringify('echo failing with $API_TOKEN; echo $API_TOKEN >&2; exit 3')}\n`,
-  );
+  writeFileSync(join(p.dirs.env, ENV_FILES.transform), `API_TOKEN='${secrets.transform}'\nSCRIPT='echo failing with $API_TOKEN; echo $API_TOKEN >&2; exit 3'\n`);
   await p.publish('transform.trigger', { runId: failing, reason: 'test' });
   t.equal((await p.waitForRunEnd(failing)).data.outcome, 'failed', 'the second run’s transform failed');
 
-  // The secrets did reach the containers, which printed them: the masked lines prove the search below is not vacuous.
+  // The secrets did reach the containers, which printed them: the masked lines prove the search is not vacuous.
   for (const stage of STAGES) t.ok(p.logLinesOf(chain, stage).some((l) => l.includes('****')), `${stage} printed its secret, masked in the forwarded line`);
   const failed = p.logBatches.filter((b) => b.data.runId === failing);
   for (const stream of ['stdout', 'stderr']) {
     t.ok(failed.some((b) => b.data.stream === stream && (b.data.lines as string[]).some((l) => l.includes('****'))), `the failing stage's ${stream} line is masked`);
   }
+  await checkNoSecretIn(t, p, [chain, failing], secrets, '****');
+});
 
-  const cli = async (...args: string[]) => {
-    const { stdout, stderr } = await run(process.execPath, [BRAIN, ...args], { cwd: p.dirs.root, env: { ...process.env, NATS_URL: p.nats.url, NO_COLOR: '1' }, timeout: 30_000 });
-    return `${stdout}\n${stderr}`;
-  };
-  const outputs: [string, string, string][] = [
-    ['service log lines', p.logLines.join('\n'), chain],
-    ['events and rejected reports', JSON.stringify(p.events), failing],
-    ['logs.* batches', JSON.stringify(p.logBatches), '****'],
-    ['the BRAIN_EVENTS stream', await storedText(p.client, EVENTS_STREAM), failing],
-    ['the BRAIN_LOGS stream', await storedText(p.client, LOGS_STREAM), '****'],
-    [`brain logs ${chain}`, await cli('logs', chain), '****'],
-    [`brain logs ${failing}`, await cli('logs', failing), '****'],
-    ['brain runs', await cli('runs', '--limit', '5'), failing],
-    ['/metrics', await (await fetch(`http://127.0.0.1:${p.running?.healthPort}/metrics`)).text(), 'brain_container_starts_total'],
-  ];
-  for (const [where, text, expected] of outputs) {
-    t.ok(text.includes(expected), `${where} holds the runs' output (contains ${JSON.stringify(expected)})`);
-    t.notOk(text.includes(stem), `no secret in ${where}`);
-  }
+t.test('13. a secret is masked inside a line longer than the 16 KiB cut, and in each line of a multi-line value', async (t) => {
+  const long = newSecret();
+  const pem = [newSecret(), newSecret()];
+  // The line splitter cuts a line still growing past 16 KiB into 16 KiB pieces: this secret spans the cut at 3 × 16 KiB.
+  const script = `printf %0${3 * 16384 - 10}d 0 | tr 0 x; echo "$LONG_KEY$(printf %0200000d 0 | tr 0 y)"; echo "$PEM"`;
+  // A multi-line value (a PEM key, a JSON credential) is as much a secret line by line.
+  const envFile = { LONG_KEY: long, PEM: pem.join('\n'), SCRIPT: script };
+  const p = await Pipeline.start({ services: ['transformer'], envFiles: { transform: envFile } });
+  const runId = uid();
+  t.teardown(async () => {
+    await p.close();
+    await removeContainersOf([runId]);
+  });
+  await p.publish('transform.trigger', { runId, reason: 'test' });
+  t.equal((await p.waitForRunEnd(runId)).data.outcome, 'no-new-data', 'the run ended');
+  t.ok(p.logLinesOf(runId, 'transform').some((l) => l.startsWith('yyyy')), 'the long line was forwarded, in pieces');
+  await checkNoSecretIn(t, p, [runId], { LONG_KEY: long, PEM: envFile.PEM }, 'yyyyyyyy');
 });

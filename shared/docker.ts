@@ -188,10 +188,10 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
   }
 
   /** Reads the multiplexed output, scans it and forwards masked lines; resolves at the end of the stream. */
-  async function pump(stream: NodeJS.ReadableStream, spec: StageSpec, scanners: Record<StreamName, StreamScanner>, mask: (l: string) => string) {
+  async function pump(stream: NodeJS.ReadableStream, spec: StageSpec, scanners: Record<StreamName, StreamScanner>) {
     const demux = new FrameDemuxer();
     const forward = async (name: StreamName, lines: string[]) => {
-      if (lines.length > 0 && spec.onLines) await spec.onLines(name, lines.map(mask));
+      if (lines.length > 0 && spec.onLines) await spec.onLines(name, lines);
     };
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       for (const frame of demux.push(chunk)) await forward(frame.stream, scanners[frame.stream].push(frame.payload));
@@ -204,8 +204,8 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     const started = Date.now();
     const name = containerName(spec.stage, spec.runId);
     const log = logger.child({ stage: spec.stage, runId: spec.runId, container: name });
-    const mask = createMasker(Object.values(spec.env));
-    const scanners = { stdout: new StreamScanner(spec.phrase), stderr: new StreamScanner(spec.phrase) };
+    const masker = createMasker(Object.values(spec.env));
+    const scanners = { stdout: new StreamScanner(spec.phrase, masker), stderr: new StreamScanner(spec.phrase, masker) };
 
     let container = docker.getContainer(name);
     let existing = await inspectOrNull(container);
@@ -258,7 +258,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       else spec.signal.addEventListener('abort', () => resolve('handed-back'), { once: true });
     });
     const finished = (async () => {
-      await pump(stream, spec, scanners, mask);
+      await pump(stream, spec, scanners);
       return 'exited' as const;
     })();
     try {

@@ -37,7 +37,10 @@ const withoutCr = (line: string) => (line.endsWith('\r') ? line.slice(0, -1) : l
  */
 export class LineSplitter {
   private tail = '';
-  constructor(private readonly maxLineLength = 16 * 1024) {}
+  constructor(
+    private readonly maxLineLength = 16 * 1024,
+    private readonly masker: Masker = NO_MASK,
+  ) {}
 
   push(text: string): string[] {
     const lines: string[] = [];
@@ -54,17 +57,22 @@ export class LineSplitter {
       }
       this.tail = text.slice(start);
     }
-    while (this.tail.length > this.maxLineLength) {
+    // Cut an overlong line only once it runs a whole secret past the cut, and mask before cutting,
+    // so no secret is ever split across two pieces (and so printed in halves).
+    const cutAt = this.maxLineLength + Math.max(0, this.masker.longest - 1);
+    while (this.tail.length > cutAt) {
+      this.tail = this.masker.mask(this.tail);
+      if (this.tail.length <= cutAt) break;
       lines.push(this.tail.slice(0, this.maxLineLength));
       this.tail = this.tail.slice(this.maxLineLength);
     }
-    return lines;
+    return lines.map(this.masker.mask);
   }
 
   end(): string[] {
     const rest = this.tail;
     this.tail = '';
-    return rest.length > 0 ? [rest] : [];
+    return rest.length > 0 ? [this.masker.mask(rest)] : [];
   }
 }
 
@@ -95,14 +103,14 @@ export class PhraseMatcher {
   }
 }
 
-/** Decodes one output stream, scans it for a phrase and cuts it into lines. */
+/** Decodes one output stream, scans the raw text for a phrase and cuts it into masked lines. */
 export class StreamScanner {
   private readonly decoder = new StringDecoder('utf8');
   private readonly splitter: LineSplitter;
   private readonly matcher: PhraseMatcher | null;
 
-  constructor(phrase: string | undefined, maxLineLength?: number) {
-    this.splitter = new LineSplitter(maxLineLength);
+  constructor(phrase: string | undefined, masker: Masker = NO_MASK, maxLineLength?: number) {
+    this.splitter = new LineSplitter(maxLineLength, masker);
     this.matcher = phrase === undefined ? null : new PhraseMatcher(phrase);
   }
 
@@ -123,13 +131,29 @@ export class StreamScanner {
   }
 }
 
-/** Replaces every known secret value in a line. Values shorter than 4 characters are not masked (they would mangle ordinary text). */
-export function createMasker(secrets: Iterable<string>): (line: string) => string {
-  const values = [...new Set([...secrets].filter((s) => s.length >= 4))].sort((a, b) => b.length - a.length);
-  if (values.length === 0) return (line) => line;
-  return (line) => {
-    let out = line;
-    for (const value of values) if (out.includes(value)) out = out.split(value).join('****');
-    return out;
+export interface Masker {
+  mask(text: string): string;
+  /** Length of the longest value masked. */
+  readonly longest: number;
+}
+
+const NO_MASK: Masker = { mask: (text) => text, longest: 0 };
+
+/**
+ * Replaces every known secret value. Output is masked line by line, so each line of a multi-line value
+ * (a PEM key, a JSON credential) is masked too. Values shorter than 4 characters are not masked
+ * (they would mangle ordinary text).
+ */
+export function createMasker(secrets: Iterable<string>): Masker {
+  const candidates = [...secrets].flatMap((s) => [s, ...s.split(/\r?\n/)]);
+  const values = [...new Set(candidates.filter((s) => s.length >= 4))].sort((a, b) => b.length - a.length);
+  if (values.length === 0) return NO_MASK;
+  return {
+    longest: values[0]?.length ?? 0,
+    mask(text) {
+      let out = text;
+      for (const value of values) if (out.includes(value)) out = out.split(value).join('****');
+      return out;
+    },
   };
 }

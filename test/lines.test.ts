@@ -50,10 +50,22 @@ t.test('StreamScanner decodes UTF-8 split inside a character', async (t) => {
   t.ok(scanner.phraseFound);
 });
 
-t.test('createMasker hides secret values but not short ones', async (t) => {
-  const mask = createMasker(['hunter2secret', 'no', '']);
+t.test('createMasker hides secret values, each line of multi-line ones, but not short ones', async (t) => {
+  const { mask } = createMasker(['hunter2secret', 'no', '', '-----BEGIN KEY-----\nAbCdEfGh123\n-----END KEY-----']);
   t.equal(mask('token=hunter2secret and hunter2secret'), 'token=**** and ****');
   t.equal(mask('no change'), 'no change');
+  t.equal(mask('AbCdEfGh123'), '****', 'a line of a multi-line value');
+});
+
+t.test('LineSplitter never cuts a secret in two when it splits an overlong line', async (t) => {
+  const secret = 'S3CRET-0123456789abcdef';
+  for (let offset = 0; offset < 30; offset++) {
+    const s = new LineSplitter(20, createMasker([secret]));
+    const pieces = [...s.push('x'.repeat(offset) + secret + 'y'.repeat(50)), ...s.end()];
+    const joined = pieces.join('|');
+    t.notOk(/S3CRET|0123456789abcdef|9abcdef|S3CRET-01/.test(joined), `offset ${offset}: ${joined}`);
+    t.ok(pieces.join('').includes('****'), 'masked');
+  }
 });
 
 t.test('parseEvent: empty bodies are {}, unknown fields and unsafe run ids are rejected', async (t) => {

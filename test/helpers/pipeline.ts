@@ -95,7 +95,12 @@ export class Pipeline {
     const client = await connect({ servers: nats.url, name: 'test-observer' });
     const pipeline = new Pipeline(nats, client, dirs, env, opts.services ?? SERVICE_NAMES.filter((s) => s !== 'scheduler'), opts.docker ?? docker);
     pipeline.observe(opts.recordLogs ?? true);
-    await pipeline.startServices();
+    try {
+      await pipeline.startServices();
+    } catch (err) {
+      await pipeline.close();
+      throw err;
+    }
     return pipeline;
   }
 

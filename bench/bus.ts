@@ -55,15 +55,38 @@ async function publishToConsume(nc: NatsConnection, count: number): Promise<numb
   return samples;
 }
 
-/** `contenders` holders, each on its own connection, trying to take and release one lock `rounds` times. */
-async function lockContention(server: string, contenders: number, rounds: number): Promise<{ acquire: number[]; release: number[]; granted: number }> {
+/**
+ * `contenders` holders, each on its own connection, trying to take and release one lock `rounds` times;
+ * then the same contention on bare KV calls (`create`, and `delete` when it succeeded), the JetStream floor.
+ */
+async function lockContention(
+  server: string,
+  contenders: number,
+  rounds: number,
+): Promise<{ acquire: number[]; release: number[]; granted: number; rawCreate: number[]; rawDelete: number[] }> {
   const conns = await Promise.all(Array.from({ length: contenders }, () => connect({ servers: server, name: 'bench-contender' })));
+  const kvs = await Promise.all(conns.map((nc) => openLocks(nc, 30_000)));
+  const rawCreate: number[] = [];
+  const rawDelete: number[] = [];
+  await Promise.all(
+    kvs.map(async (kv) => {
+      for (let r = 0; r < rounds; r++) {
+        const t0 = performance.now();
+        const revision = await kv.create('bench', new TextEncoder().encode('x')).catch(() => null);
+        rawCreate.push(performance.now() - t0);
+        if (revision === null) continue;
+        const t1 = performance.now();
+        await kv.delete('bench', { previousSeq: revision });
+        rawDelete.push(performance.now() - t1);
+      }
+    }),
+  );
   const acquire: number[] = [];
   const release: number[] = [];
   let granted = 0;
   await Promise.all(
-    conns.map(async (nc, i) => {
-      const locks = createLocks({ kv: await openLocks(nc, 30_000), holder: `bench-${i}`, ttlMs: 30_000, logger: silent });
+    kvs.map(async (kv, i) => {
+      const locks = createLocks({ kv, holder: `bench-${i}`, ttlMs: 30_000, logger: silent });
       for (let r = 0; r < rounds; r++) {
         const t0 = performance.now();
         const lease = await locks.acquire('model', newRunId(), 'bench');
@@ -77,7 +100,7 @@ async function lockContention(server: string, contenders: number, rounds: number
     }),
   );
   await Promise.all(conns.map((nc) => nc.close()));
-  return { acquire, release, granted };
+  return { acquire, release, granted, rawCreate, rawDelete };
 }
 
 export interface BusResult {
@@ -87,6 +110,8 @@ export interface BusResult {
   lockRelease: number[];
   lockGranted: number;
   rawRoundTripContended: number[];
+  rawKvCreate: number[];
+  rawKvDelete: number[];
 }
 
 export async function benchBus(opts: { events: number; contenders: number; rounds: number }): Promise<BusResult> {
@@ -108,6 +133,8 @@ export async function benchBus(opts: { events: number; contenders: number; round
       lockRelease: locks.release,
       lockGranted: locks.granted,
       rawRoundTripContended,
+      rawKvCreate: locks.rawCreate,
+      rawKvDelete: locks.rawDelete,
     };
   } finally {
     await nc.close();

@@ -7,12 +7,12 @@ import { TEST_IMAGES, buildTestImages } from '../test/fixtures/build-images';
 import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from '../test/helpers/compose-images';
 import { BRAIN_TEST_IMAGE, ComposeProject, buildBrainImage } from '../test/helpers/compose';
 import type { Stack } from './stack';
-import { exec, sampleProc } from './util';
+import { exec, pssKb, sampleProc } from './util';
 
-/** Idle VmRSS (kB) of each service child process. */
-export function serviceRss(stack: Stack): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [name, child] of stack.children) out[name] = sampleProc(child.pid).rssKb;
+/** Idle VmRSS and PSS (kB) of each service child process. */
+export function serviceMemory(stack: Stack): Record<string, { rssKb: number; pssKb: number }> {
+  const out: Record<string, { rssKb: number; pssKb: number }> = {};
+  for (const [name, child] of stack.children) out[name] = { rssKb: sampleProc(child.pid).rssKb, pssKb: pssKb(child.pid) };
   return out;
 }
 

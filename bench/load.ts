@@ -3,25 +3,31 @@
  * transform; the rest end busy. Event throughput, and the transformer's memory and open files over batches.
  */
 import { NO_OP_CHAIN, newRunId, type Stack } from './stack';
-import { sampleProc, sleep, type ProcSample } from './util';
+import { heapUsedBytes, sampleProc, sleep, type ProcSample } from './util';
+
+export type LoadSample = ProcSample & { heapUsedBytes: number };
 
 export interface LoadResult {
   triggers: number;
   /** transform.done events per second, for each batch. */
   throughput: number[];
   outcomes: Record<string, number>;
-  /** The transformer at idle before the first batch, and after each batch once idle again. */
-  samples: ProcSample[];
+  /** The transformer at idle before the first batch, and after each batch once idle again, after a full GC. */
+  samples: LoadSample[];
 }
 
 export async function benchLoad(stack: Stack, triggers: number, batches: number): Promise<LoadResult> {
   // No phrase: a won run ends no-new-data and frees the lock, so later triggers can run again.
   stack.writeEnvFiles({ ...NO_OP_CHAIN, transform: { SCRIPT: 'true' } });
-  const pid = stack.child('transformer').pid;
+  const transformer = stack.child('transformer');
+  const sample = async (): Promise<LoadSample> => {
+    await transformer.collectGarbage();
+    return { ...sampleProc(transformer.pid), heapUsedBytes: await heapUsedBytes(transformer.healthPort) };
+  };
   const result: LoadResult = { triggers, throughput: [], outcomes: {}, samples: [] };
   stack.record = false;
   await sleep(2000);
-  result.samples.push(sampleProc(pid));
+  result.samples.push(await sample());
   try {
     for (let b = 0; b < batches; b++) {
       const ids = new Set(Array.from({ length: triggers }, () => newRunId()));
@@ -42,7 +48,7 @@ export async function benchLoad(stack: Stack, triggers: number, batches: number)
       const last = await all;
       result.throughput.push(triggers / ((last.at - t0) / 1000));
       await sleep(3000); // idle again: timers, sockets and in-flight containers settled
-      result.samples.push(sampleProc(pid));
+      result.samples.push(await sample());
     }
   } finally {
     stack.record = true;

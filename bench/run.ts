@@ -3,14 +3,14 @@
  * a table of ratios (medians of BENCH_REPS repetitions). Sizes come from the environment:
  *
  *   BENCH_REPS=5  BENCH_LOG_MB=50  BENCH_MEM_MB=256  BENCH_EVENTS=500  BENCH_CONTENDERS=50
- *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=3  BENCH_COMPOSE=1
+ *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=5  BENCH_COMPOSE=1
  *   BENCH_SECTIONS=chain,logs,memory,bus,footprint,load,compose  BENCH_CPU_PROF=<dir> (profiles the services)
  */
 import { buildTestImages } from '../test/fixtures/build-images';
 import { SERVICE_NAMES } from '../shared/config';
 import { benchBus } from './bus';
 import { benchChain } from './chain';
-import { composeFootprint, serviceRss } from './footprint';
+import { composeFootprint, serviceMemory } from './footprint';
 import { benchLoad } from './load';
 import { benchLogMemory, benchLogScan } from './logscan';
 import { Stack } from './stack';
@@ -25,7 +25,7 @@ const cfg = {
   contenders: envInt('BENCH_CONTENDERS', 50),
   lockRounds: envInt('BENCH_LOCK_ROUNDS', 20),
   triggers: envInt('BENCH_TRIGGERS', 1000),
-  loadBatches: envInt('BENCH_LOAD_BATCHES', 3),
+  loadBatches: envInt('BENCH_LOAD_BATCHES', 5),
   sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,logs,memory,bus,footprint,load,compose').split(',').filter((s) => s !== '')),
   cpuProf: process.env.BENCH_CPU_PROF,
 };
@@ -65,10 +65,11 @@ async function pipelineSections(): Promise<void> {
     if (cfg.sections.has('footprint')) {
       log('5. footprint: idle services');
       await new Promise((r) => setTimeout(r, 3000));
-      const rss = serviceRss(stack);
-      for (const name of SERVICE_NAMES) row(`5. idle RSS ${name}`, mb(rss[name] ?? 0), '', undefined, '');
-      const total = Object.values(rss).reduce((a, b) => a + b, 0);
-      row('5. idle RSS, five service processes', mb(total), '', undefined, '< 400 MB', total < 400 * 1024);
+      const mem = serviceMemory(stack);
+      for (const name of SERVICE_NAMES) row(`5. idle RSS ${name}`, mb(mem[name]?.rssKb ?? 0), `PSS ${mb(mem[name]?.pssKb ?? 0)}`, undefined, '');
+      const rss = Object.values(mem).reduce((a, b) => a + b.rssKb, 0);
+      const pss = Object.values(mem).reduce((a, b) => a + b.pssKb, 0);
+      row('5. idle, five service processes: RSS sum (PSS sum)', `${mb(rss)} (${mb(pss)})`, '', undefined, '< 400 MB', pss < 400 * 1024);
     }
     if (cfg.sections.has('chain')) {
       log(`1-2. chain: ${cfg.reps} runs through the services and ${cfg.reps} by shell script, alternating`);
@@ -105,12 +106,16 @@ async function pipelineSections(): Promise<void> {
       const r = await benchLoad(stack, cfg.triggers, cfg.loadBatches);
       row(`6. ${cfg.triggers} triggers, transform.done/s (median of batches)`, `${median(r.throughput).toFixed(0)}/s`, '', undefined, '');
       row('6. outcomes (all batches)', Object.entries(r.outcomes).map(([k, v]) => `${k} ${v}`).join(', '), '', undefined, '');
-      const first = r.samples[1];
+      log(`   after each batch: RSS ${r.samples.map((s) => mb(s.rssKb)).join(', ')}; heap ${r.samples.map((s) => mb(s.heapUsedBytes / 1024)).join(', ')}; fds ${r.samples.map((s) => s.fds).join(', ')}`);
+      // Batch 1 warms up (JIT, pools); growth is judged from the middle batch to the last.
+      const mid = r.samples[Math.ceil(r.samples.length / 2)];
       const last = r.samples[r.samples.length - 1];
-      if (first !== undefined && last !== undefined && r.samples.length > 2) {
-        const rssGrowth = last.rssKb - first.rssKb;
-        row('6. transformer RSS, after batch 1 → last', `${mb(first.rssKb)} → ${mb(last.rssKb)}`, `idle ${mb(r.samples[0]?.rssKb ?? 0)}`, undefined, 'no growth (< 5 MB)', rssGrowth < 5 * 1024);
-        row('6. transformer open fds, after batch 1 → last', `${first.fds} → ${last.fds}`, `idle ${r.samples[0]?.fds ?? 0}`, undefined, 'no growth', last.fds <= first.fds);
+      if (mid !== undefined && last !== undefined && r.samples.length > 2) {
+        const idle = r.samples[0];
+        const heapGrowth = (last.heapUsedBytes - mid.heapUsedBytes) / MB;
+        row('6. transformer V8 heap after GC, mid → last batch', `${(mid.heapUsedBytes / MB).toFixed(1)} → ${(last.heapUsedBytes / MB).toFixed(1)} MB`, `idle ${((idle?.heapUsedBytes ?? 0) / MB).toFixed(1)} MB`, undefined, 'no growth (< 2 MB)', heapGrowth < 2);
+        row('6. transformer RSS, mid → last batch', `${mb(mid.rssKb)} → ${mb(last.rssKb)}`, `idle ${mb(idle?.rssKb ?? 0)}`, undefined, 'no growth (< 5 MB)', last.rssKb - mid.rssKb < 5 * 1024);
+        row('6. transformer open fds, mid → last batch', `${mid.fds} → ${last.fds}`, `idle ${idle?.fds ?? 0}`, undefined, 'no growth', last.fds <= mid.fds);
       }
     }
   } finally {
@@ -133,7 +138,11 @@ async function main(): Promise<void> {
       const acq99 = percentile(r.lockAcquire, 99);
       const rel99 = percentile(r.lockRelease, 99);
       row(`4. lock acquire p99, ${cfg.contenders} contenders`, ms(acq99), `raw req/reply ×${cfg.contenders} ${ms(rawC99)}`, acq99 / rawC99, '');
+      const kvCreate99 = percentile(r.rawKvCreate, 99);
+      row(`4. lock acquire p99, ${cfg.contenders} contenders`, ms(acq99), `bare kv.create ×${cfg.contenders} ${ms(kvCreate99)}`, acq99 / kvCreate99, '');
       row(`4. lock release p99 (${r.lockGranted} granted)`, ms(rel99), `raw req/reply ×${cfg.contenders} ${ms(rawC99)}`, rel99 / rawC99, '');
+      const kvDelete99 = percentile(r.rawKvDelete, 99);
+      row(`4. lock release p99 (${r.lockGranted} granted)`, ms(rel99), `bare kv.delete ×${cfg.contenders} ${ms(kvDelete99)}`, rel99 / kvDelete99, '');
     }
     if (cfg.sections.has('compose')) {
       log('5. footprint: compose stack');

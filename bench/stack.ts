@@ -63,8 +63,6 @@ export class Stack {
       MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
       TRAIN_IMAGE: TEST_IMAGES.train,
       PULL_POLICY: 'never',
-      HEALTH_PORT: '0',
-      HEALTH_HOST: '127.0.0.1',
       LOG_LEVEL: 'info',
       TRANSFORM_SCHEDULE: '0 0 1 1 *',
     };

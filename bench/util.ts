@@ -1,5 +1,6 @@
 /** Helpers shared by the benchmark sections: statistics, /proc sampling, child services, shell commands. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { ServiceName } from '../shared/config';
@@ -36,6 +37,17 @@ export function sampleProc(pid: number): ProcSample {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
   return { rssKb: field('VmRSS'), hwmKb: field('VmHWM'), fds: readdirSync(`/proc/${pid}/fd`).length };
+}
+
+/** V8 heap in use (bytes), from the service's own Prometheus metrics. */
+export async function heapUsedBytes(port: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  return Number(/^brain_nodejs_heap_size_used_bytes(?:\{[^}]*\})? (\S+)/m.exec(text)?.[1] ?? Number.NaN);
+}
+
+/** Proportional set size (kB): shared pages (the node binary, libraries) split among the processes sharing them. */
+export function pssKb(pid: number): number {
+  return Number(/^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? Number.NaN);
 }
 
 /** Samples a process's RSS every `everyMs` until stopped; resolves with the largest seen. */
@@ -76,16 +88,34 @@ export async function timeShell(script: string): Promise<number> {
   return performance.now() - t0;
 }
 
+/** A free loopback port, for a child's `/metrics`. */
+function freePort(): Promise<number> {
+  return new Promise((resolvePromise, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolvePromise(port));
+    });
+  });
+}
+
 /** A service running as `node bin/brain.js service <name>`, like it is deployed. */
 export interface ChildService {
   readonly name: ServiceName;
   readonly pid: number;
+  /** Port of its `/healthz` and `/metrics` on 127.0.0.1. */
+  readonly healthPort: number;
+  /** Runs a full garbage collection in it (see gc-on-signal.ts). */
+  collectGarbage(): Promise<void>;
   stop(): Promise<void>;
 }
 
 export async function startChildService(name: ServiceName, env: Record<string, string>, nodeArgs: readonly string[] = []): Promise<ChildService> {
-  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(REPO_ROOT, 'bin', 'brain.js'), 'service', name], {
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env },
+  const healthPort = await freePort();
+  const gcOnSignal = join(REPO_ROOT, 'dist', 'bench', 'gc-on-signal.js');
+  const child: ChildProcess = spawn(process.execPath, ['--expose-gc', '-r', gcOnSignal, ...nodeArgs, join(REPO_ROOT, 'bin', 'brain.js'), 'service', name], {
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env, HEALTH_PORT: String(healthPort), HEALTH_HOST: '127.0.0.1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let tail = '';
@@ -106,6 +136,11 @@ export async function startChildService(name: ServiceName, env: Record<string, s
   return {
     name,
     pid: child.pid as number,
+    healthPort,
+    async collectGarbage() {
+      child.kill('SIGUSR2');
+      await sleep(500);
+    },
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise<void>((r) => child.once('exit', () => r()));

@@ -71,7 +71,7 @@ export async function runSoak(opts: { chains: number; seed: number; log?: (line:
         const started = Date.now();
         const { runIds, detail } = await injectChain(p, fault, pick, nats);
         const ends = await Promise.allSettled(runIds.map((runId) => p.waitForRunEnd(runId, RUN_DEADLINE_MS)));
-        const summary = ends.map((e, i) => `${runIds[i]}: ${e.status === 'fulfilled' ? `${e.value.subject} ${e.value.data.outcome}` : 'LOST'}`).join(', ');
+        const summary = ends.map((e, i) => `${runIds[i]}: ${e.status === 'fulfilled' ? `${e.value.subject} ${e.value.data.outcome}${e.value.data.error !== undefined ? ` (${String(e.value.data.error)})` : ''}` : 'LOST'}`).join(', ');
         log(`chain ${chain + 1}/${opts.chains} ${fault} (${detail}) in ${Date.now() - started} ms: ${summary}`);
         report.chains.push({ fault, detail, runIds });
       }

@@ -1,0 +1,254 @@
+/**
+ * The pipeline against any NATS (one server or a cluster): each Docker service as its own `brain service`
+ * child process, any number of replicas of each, an observer that reads the events stream with an
+ * ordered consumer (so it misses nothing across a NATS node failure) and a watcher of the locks bucket.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { DeliverPolicy, jetstream, type ConsumerMessages, type JetStreamClient } from '@nats-io/jetstream';
+import { Kvm, type KvWatchEntry } from '@nats-io/kv';
+import type { QueuedIterator } from '@nats-io/nats-core';
+import { LABELS } from '../../shared/docker';
+import { ENV_FILES } from '../../shared/envfile';
+import { EVENTS_STREAM, LOCKS_BUCKET, ensureTopology } from '../../shared/nats';
+import { TEST_IMAGES } from '../fixtures/build-images';
+import { docker, isRunTerminal, uid, type EnvFileKey, type RecordedEvent } from './pipeline';
+import { spawnService, type ServiceProcess } from './service-process';
+
+export type StageService = 'transformer' | 'loader' | 'model-gate' | 'trainer';
+export const STAGE_SERVICES: readonly StageService[] = ['transformer', 'loader', 'model-gate', 'trainer'];
+
+export interface ClusterPipelineOptions {
+  /** NATS_URL of each replica of every service (one entry per replica); the observer uses the first. */
+  natsUrls: string[];
+  /** Configuration overrides (environment variables) for every service. */
+  env?: Record<string, string>;
+  envFiles?: Partial<Record<EnvFileKey, Record<string, string>>>;
+}
+
+/** One write to the locks bucket, as the watcher saw it. */
+export interface LockWrite {
+  key: string;
+  operation: 'PUT' | 'DEL' | 'PURGE';
+  runId?: string;
+  holder?: string;
+  revision: number;
+  created: Date;
+}
+
+export class ClusterPipeline {
+  /** Every event in the events stream, in stream order. */
+  readonly events: (RecordedEvent & { seq: number })[] = [];
+  readonly lockWrites: LockWrite[] = [];
+  /** Two different runs seen holding one lock at once (a put over an unexpired lease of another run). */
+  readonly lockAnomalies: string[] = [];
+  /** `service#replica` → its process. */
+  readonly processes = new Map<string, ServiceProcess>();
+  /** Run ids handed out by `runId()`: their containers are removed on close. */
+  readonly runIds: string[] = [];
+  private waiters: { pred: (e: RecordedEvent) => boolean; resolve: (e: RecordedEvent) => void }[] = [];
+  private readonly held = new Map<string, LockWrite>();
+  private readonly loops: Promise<void>[] = [];
+  private messages: ConsumerMessages | undefined;
+  private watch: QueuedIterator<KvWatchEntry> | undefined;
+  readonly js: JetStreamClient;
+
+  private constructor(
+    readonly client: NatsConnection,
+    readonly dirs: { root: string; env: string; aws: string; processed: string; viz: string },
+    readonly env: Record<string, string>,
+    readonly natsUrls: string[],
+  ) {
+    this.js = jetstream(client);
+  }
+
+  static async start(opts: ClusterPipelineOptions): Promise<ClusterPipeline> {
+    const root = mkdtempSync(join(tmpdir(), 'brain-cluster-run-'));
+    const dirs = { root, env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
+    for (const dir of [dirs.env, dirs.aws, dirs.processed, dirs.viz]) mkdirSync(dir);
+    const envFiles: Record<EnvFileKey, Record<string, string>> = {
+      transform: { NEW_DATA: '1' },
+      loadProcessed: { TARGET: 'processed' },
+      loadViz: { TARGET: 'viz' },
+      modelTrigger: { MISMATCH: '1' },
+      train: {},
+      ...opts.envFiles,
+    };
+    for (const [key, values] of Object.entries(envFiles)) {
+      const text = Object.entries(values).map(([k, v]) => `${k}=${v.includes("'") ? JSON.stringify(v) : `'${v}'`}`).join('\n');
+      writeFileSync(join(dirs.env, ENV_FILES[key as EnvFileKey]), `${text}\n`);
+    }
+    const env: Record<string, string> = {
+      BRAIN_ENV_DIR: dirs.env,
+      HOST_AWS_DIR: dirs.aws,
+      HOST_PROCESSED_DIR: dirs.processed,
+      HOST_VIZ_DIR: dirs.viz,
+      TRANSFORM_IMAGE: TEST_IMAGES.transform,
+      LOAD_IMAGE: TEST_IMAGES.load,
+      MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
+      TRAIN_IMAGE: TEST_IMAGES.train,
+      PULL_POLICY: 'never',
+      HEALTH_PORT: '0',
+      HEALTH_HOST: '127.0.0.1',
+      LOG_LEVEL: 'info',
+      ...opts.env,
+    };
+    const first = opts.natsUrls[0] ?? '';
+    let client: NatsConnection | undefined;
+    try {
+      client = await connect({ servers: first.split(','), name: 'test-observer', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+      const p = new ClusterPipeline(client, dirs, env, opts.natsUrls);
+      const ackWaitMs = Number(env.ACK_WAIT ?? 30) * 1000;
+      const lockTtlMs = Number(env.LOCK_TTL ?? 30) * 1000;
+      // Made here first, so the service replicas starting side by side do not race to create it.
+      await ensureTopology(client, { replicas: Number(env.NATS_REPLICAS ?? 1), lockTtlMs, ackWaitMs });
+      await p.observe(lockTtlMs);
+      await Promise.all(STAGE_SERVICES.flatMap((name) => opts.natsUrls.map((_, i) => p.spawn(name, i))));
+      return p;
+    } catch (err) {
+      await client?.close();
+      rmSync(root, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  private async observe(lockTtlMs: number): Promise<void> {
+    const consumer = await this.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.All });
+    const messages = await consumer.consume({ idle_heartbeat: 1000, expires: 5000 });
+    this.messages = messages;
+    this.loops.push(
+      (async () => {
+        for await (const m of messages) {
+          let data: RecordedEvent['data'];
+          try {
+            data = m.json();
+          } catch {
+            data = { raw: m.string() };
+          }
+          const event = { subject: m.subject, data, seq: m.seq };
+          this.events.push(event);
+          this.waiters = this.waiters.filter((w) => (w.pred(event) ? (w.resolve(event), false) : true));
+        }
+      })(),
+    );
+    const kv = await new Kvm(this.client).open(LOCKS_BUCKET);
+    const watch = await kv.watch({ key: '>' });
+    this.watch = watch;
+    this.loops.push(
+      (async () => {
+        for await (const e of watch) {
+          const write: LockWrite = { key: e.key, operation: e.operation, revision: e.revision, created: e.created };
+          if (e.operation === 'PUT') {
+            try {
+              const value = e.json<{ runId?: string; holder?: string }>();
+              write.runId = value.runId;
+              write.holder = value.holder;
+            } catch {
+              // an unreadable lease value is recorded without a run
+            }
+            const before = this.held.get(e.key);
+            if (before !== undefined && before.runId !== write.runId && e.created.getTime() - before.created.getTime() < lockTtlMs) {
+              this.lockAnomalies.push(`lock ${e.key}: ${write.runId} (rev ${e.revision}) written over ${before.runId} (rev ${before.revision}) while its lease was live`);
+            }
+            this.held.set(e.key, write);
+          } else {
+            this.held.delete(e.key);
+          }
+          this.lockWrites.push(write);
+        }
+      })(),
+    );
+  }
+
+  /** Starts replica `i` of a service (its NATS_URL is `natsUrls[i]`) and waits until it serves. */
+  async spawn(name: StageService, i: number): Promise<ServiceProcess> {
+    const proc = spawnService(['service', name], { ...this.env, NATS_URL: this.natsUrls[i] ?? '' });
+    this.processes.set(`${name}#${i}`, proc);
+    await proc.waitForLog(/services started/, 30_000);
+    return proc;
+  }
+
+  /** kill -9 of replica `i` of a service. */
+  async kill(name: StageService, i: number): Promise<void> {
+    const proc = this.processes.get(`${name}#${i}`);
+    if (proc === undefined) return;
+    proc.signal('SIGKILL');
+    await proc.exited;
+  }
+
+  /** A new run id, remembered for the clean-up. */
+  runId(prefix = 'r'): string {
+    const id = uid(prefix);
+    this.runIds.push(id);
+    return id;
+  }
+
+  /** A JetStream publish (acknowledged by the stream); with `msgId`, deduplicated by it. */
+  async publish(subject: string, body: unknown, msgId?: string): Promise<void> {
+    await this.js.publish(subject, JSON.stringify(body), msgId !== undefined ? { msgID: msgId, timeout: 10_000 } : { timeout: 10_000 });
+  }
+
+  waitFor(pred: (e: RecordedEvent) => boolean, timeoutMs = 30_000, what = 'event'): Promise<RecordedEvent> {
+    const seen = this.events.find(pred);
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w.resolve !== done);
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; saw:\n${this.events.map((e) => `${e.subject} ${JSON.stringify(e.data)}`).join('\n')}`));
+      }, timeoutMs);
+      const done = (e: RecordedEvent) => {
+        clearTimeout(timer);
+        resolve(e);
+      };
+      this.waiters.push({ pred, resolve: done });
+    });
+  }
+
+  waitForRunEnd(runId: string, timeoutMs?: number): Promise<RecordedEvent> {
+    return this.waitFor((e) => e.data.runId === runId && isRunTerminal(e), timeoutMs, `the end of run ${runId}`);
+  }
+
+  eventsOf(runId: string): RecordedEvent[] {
+    return this.events.filter((e) => e.data.runId === runId);
+  }
+
+  trail(runId: string): string[] {
+    return this.eventsOf(runId).map((e) => (e.data.outcome !== undefined ? `${e.subject} ${e.data.outcome}` : e.subject));
+  }
+
+  /** Lines the stand-in images recorded at each container start (`<name>-starts.log` in the AWS dir). */
+  starts(name: 'transform' | 'load' | 'train'): string[] {
+    const file = join(this.dirs.aws, `${name}-starts.log`);
+    return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter((l) => l !== '') : [];
+  }
+
+  /** Labelled containers of the given runs. */
+  async containers(runIds: readonly string[]): Promise<{ Id: string; Names: string[]; runId: string }[]> {
+    const all = await docker.listContainers({ all: true, filters: { label: [`${LABELS.managed}=true`] } });
+    return all.filter((c) => runIds.includes(c.Labels[LABELS.runId] ?? '')).map((c) => ({ Id: c.Id, Names: c.Names, runId: c.Labels[LABELS.runId] ?? '' }));
+  }
+
+  /** Output of every service process, for a failure's diagnosis. */
+  serviceLogs(): string {
+    return [...this.processes].map(([name, proc]) => `== ${name}\n${proc.output.slice(-40).join('\n')}`).join('\n');
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(
+      [...this.processes.values()].map(async (proc) => {
+        proc.signal('SIGTERM');
+        const timer = setTimeout(() => proc.signal('SIGKILL'), 10_000);
+        await proc.exited;
+        clearTimeout(timer);
+      }),
+    );
+    for (const c of await this.containers(this.runIds)) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+    this.messages?.stop();
+    this.watch?.stop();
+    await Promise.allSettled(this.loops);
+    await this.client.close();
+    rmSync(this.dirs.root, { recursive: true, force: true });
+  }
+}

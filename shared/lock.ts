@@ -93,10 +93,12 @@ export function createLocks(deps: LocksDeps): Locks {
       logger.warn({ lock: key, runId, why }, 'lock lease lost');
       lost.abort(new Error(`lock ${key} lost: ${why}`));
     };
+    let writtenAt = Date.now();
     const refresh = async (): Promise<boolean> => {
       if (!active) return false;
       try {
         revision = await kv.update(key, encode(holding), revision);
+        writtenAt = Date.now();
         return true;
       } catch (err) {
         if (isWrongSequence(err)) markLost('taken over or expired');
@@ -113,7 +115,16 @@ export function createLocks(deps: LocksDeps): Locks {
       },
       resumed,
       lost: lost.signal,
-      confirm: refresh,
+      // A refresh failing for a passing reason (NATS reconnecting, a JetStream leader election) is retried
+      // until the lease would have run out: only then, or on a CAS refusal, is it no longer ours.
+      async confirm() {
+        while (active) {
+          if (await refresh()) return true;
+          if (active && Date.now() - writtenAt >= ttlMs) markLost('not refreshed within its lease');
+          if (active) await new Promise((r) => setTimeout(r, 250));
+        }
+        return false;
+      },
       handOff() {
         active = false;
         clearInterval(timer);

@@ -6,20 +6,20 @@ import { LABELS, containerName } from '../shared/docker';
 import type { Stage } from '../shared/events';
 import { TEST_IMAGES } from '../test/fixtures/build-images';
 import { NO_OP_CHAIN, PHRASES, newRunId, type EnvFileKey, type Stack } from './stack';
-import { RUN_PREFIX, recordDockerEvents, timeShell, type DockerEvent } from './util';
+import { BASELINE_LABEL, RUN_PREFIX, recordDockerEvents, timeShell, type DockerEvent } from './util';
 
 const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
 /**
- * One `docker run --rm` of a stage as the service would create it: same name, labels, env and bind
- * mounts. Like the service, the script reads the output (and greps it for a phrase where the service scans).
+ * One `docker run --rm` of a stage as the service would create it: same name, env and bind mounts, and
+ * its labels but BASELINE_LABEL for the managed one. Like the service, the script reads the output (and greps it for a phrase where the service scans).
  */
 function dockerRun(stack: Stack, stage: Stage, envFile: EnvFileKey, image: string, runId: string, mounts: [string, string][]): string {
   const env = { ...NO_OP_CHAIN[envFile], BRAIN_RUN_ID: runId, BRAIN_STAGE: stage };
   return [
     'docker run --rm',
     `--name ${containerName(stage, runId)}`,
-    `--label ${LABELS.managed}=true --label ${LABELS.stage}=${stage} --label ${LABELS.runId}=${runId}`,
+    `--label ${BASELINE_LABEL} --label ${LABELS.stage}=${stage} --label ${LABELS.runId}=${runId}`,
     ...Object.entries(env).map(([k, v]) => `-e ${q(`${k}=${v}`)}`),
     ...mounts.map(([src, dst]) => `--mount type=bind,source=${src},target=${dst}`),
     image,
@@ -39,42 +39,70 @@ export function baselineChainScript(stack: Stack, runId: string): string {
   ].join('\n');
 }
 
+type Action = DockerEvent['action'];
+
+function eventAt(events: readonly DockerEvent[], runId: string, action: Action, stage: Stage): number {
+  const e = events.find((x) => x.runId === runId && x.action === action && x.stage === stage);
+  if (e === undefined) throw new Error(`no docker ${action} event for ${stage} of ${runId}`);
+  return e.atMs;
+}
+
 /**
- * Gaps of one run from a container's exit to the next one's `next` event (`start`, or `create` for the
- * part before Docker's create+start): transform → each load, the later load → gate, gate → train.
+ * Gaps of one run from a stage container's `from` event to the next stage container's `to` event:
+ * transform → each load, the later load → gate, gate → train.
  */
-export function hopsOf(events: readonly DockerEvent[], runId: string, next: 'create' | 'start'): number[] {
-  const at = (action: DockerEvent['action'], stage: Stage) => {
-    const e = events.find((x) => x.runId === runId && x.action === action && x.stage === stage);
-    if (e === undefined) throw new Error(`no docker ${action} event for ${stage} of ${runId}`);
-    return e.atMs;
-  };
-  const loadsDone = Math.max(at('die', 'load-processed'), at('die', 'load-viz'));
+export function hopsOf(events: readonly DockerEvent[], runId: string, from: Action, to: Action): number[] {
+  const at = (action: Action, stage: Stage) => eventAt(events, runId, action, stage);
+  const loadsDone = Math.max(at(from, 'load-processed'), at(from, 'load-viz'));
   return [
-    at(next, 'load-processed') - at('die', 'transform'),
-    at(next, 'load-viz') - at('die', 'transform'),
-    at(next, 'model-trigger') - loadsDone,
-    at(next, 'train') - at('die', 'model-trigger'),
+    at(to, 'load-processed') - at(from, 'transform'),
+    at(to, 'load-viz') - at(from, 'transform'),
+    at(to, 'model-trigger') - loadsDone,
+    at(to, 'train') - at(from, 'model-trigger'),
   ];
+}
+
+/** `to` minus `from` of each container of the run. */
+function withinContainers(events: readonly DockerEvent[], runId: string, from: Action, to: Action): number[] {
+  const stages: Stage[] = ['transform', 'load-processed', 'load-viz', 'model-trigger', 'train'];
+  return stages.map((stage) => eventAt(events, runId, to, stage) - eventAt(events, runId, from, stage));
+}
+
+/** Where a hop's time goes, for the service's runs or the script's. */
+export interface HopParts {
+  /** Exit to the next container's start: the hop. */
+  dieToStart: number[];
+  /** A container's exit to its removal: Docker's cleanup, then (service) wait, inspect and remove. */
+  dieToDestroy: number[];
+  /** Removal to the next container's creation: events, lock and create (service), or CLI exit and start (script). */
+  destroyToCreate: number[];
+  /** Docker's own create→start. */
+  createToStart: number[];
+}
+
+function hopParts(events: readonly DockerEvent[], runIds: readonly string[]): HopParts {
+  const parts: HopParts = { dieToStart: [], dieToDestroy: [], destroyToCreate: [], createToStart: [] };
+  for (const runId of runIds) {
+    parts.dieToStart.push(...hopsOf(events, runId, 'die', 'start'));
+    parts.destroyToCreate.push(...hopsOf(events, runId, 'destroy', 'create'));
+    parts.dieToDestroy.push(...withinContainers(events, runId, 'die', 'destroy'));
+    parts.createToStart.push(...withinContainers(events, runId, 'create', 'start'));
+  }
+  return parts;
 }
 
 export interface ChainResult {
   serviceMs: number[];
   baselineMs: number[];
-  /** Exit to the next start. */
-  serviceHops: number[];
-  baselineHops: number[];
-  /** Exit to the next create: the part before Docker's own create+start. */
-  serviceToCreate: number[];
-  baselineToCreate: number[];
-  /** Docker's own create→start of the service's containers. */
-  dockerStart: number[];
+  serviceHops: HopParts;
+  baselineHops: HopParts;
 }
 
 /** Alternates a service run and a baseline run, `reps` times each, after one warm-up of each. */
 export async function benchChain(stack: Stack, reps: number): Promise<ChainResult> {
   stack.writeEnvFiles(NO_OP_CHAIN);
-  const result: ChainResult = { serviceMs: [], baselineMs: [], serviceHops: [], baselineHops: [], serviceToCreate: [], baselineToCreate: [], dockerStart: [] };
+  const serviceMs: number[] = [];
+  const baselineMs: number[] = [];
   const recorder = await recordDockerEvents();
   const serviceRuns: string[] = [];
   const baselineRuns: string[] = [];
@@ -88,8 +116,8 @@ export async function benchChain(stack: Stack, reps: number): Promise<ChainResul
       const shellRun = newRunId();
       const shellMs = await timeShell(baselineChainScript(stack, shellRun));
       if (i === 0) continue; // warm-up
-      result.serviceMs.push(end.at - t0);
-      result.baselineMs.push(shellMs);
+      serviceMs.push(end.at - t0);
+      baselineMs.push(shellMs);
       serviceRuns.push(runId);
       baselineRuns.push(shellRun);
     }
@@ -97,17 +125,5 @@ export async function benchChain(stack: Stack, reps: number): Promise<ChainResul
     await recorder.stop();
   }
   const ours = recorder.events.filter((e) => e.runId.startsWith(RUN_PREFIX));
-  for (const runId of serviceRuns) {
-    result.serviceHops.push(...hopsOf(ours, runId, 'start'));
-    result.serviceToCreate.push(...hopsOf(ours, runId, 'create'));
-    for (const created of ours.filter((e) => e.runId === runId && e.action === 'create')) {
-      const started = ours.find((e) => e.runId === runId && e.action === 'start' && e.stage === created.stage);
-      if (started !== undefined) result.dockerStart.push(started.atMs - created.atMs);
-    }
-  }
-  for (const runId of baselineRuns) {
-    result.baselineHops.push(...hopsOf(ours, runId, 'start'));
-    result.baselineToCreate.push(...hopsOf(ours, runId, 'create'));
-  }
-  return result;
+  return { serviceMs, baselineMs, serviceHops: hopParts(ours, serviceRuns), baselineHops: hopParts(ours, baselineRuns) };
 }

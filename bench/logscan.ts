@@ -5,7 +5,7 @@
 import { LABELS, containerName } from '../shared/docker';
 import { TEST_IMAGES } from '../test/fixtures/build-images';
 import { NO_OP_CHAIN, PHRASES, newRunId, type Stack } from './stack';
-import { sampleProc, sleep, timeShell, watchPeakRss } from './util';
+import { BASELINE_LABEL, sampleProc, sleep, timeShell, watchPeakRss } from './util';
 
 const LINE = 'INFO 2026-01-01T00:00:00Z etl: transformed batch of rows from the source table into the processed area';
 
@@ -18,17 +18,17 @@ async function serviceRun(stack: Stack): Promise<number> {
   const chainEnd = stack.waitFor((e) => e.subject === 'model.done' && e.data.runId === runId, 600_000, `model.done of ${runId}`);
   const t0 = await stack.trigger(runId);
   const done = await transformed;
-  if (done.data.outcome !== 'new-data') throw new Error(`transform ${runId} ended ${done.data.outcome}: the phrase was missed`);
+  if (done.data.outcome !== 'new-data') throw new Error(`transform ${runId} ended ${done.data.outcome}, not new-data: ${done.data.error ?? 'the phrase was missed'}`);
   await chainEnd; // the rest of the no-op chain holds the transform lock until it ends
   return done.at - t0;
 }
 
-/** `docker run` options of the transform container, as the service creates it. */
+/** `docker run` options of the transform container, as the service creates it (but BASELINE_LABEL). */
 function runOptions(stack: Stack, runId: string, bytes: number): string {
   const { aws, processed, viz } = stack.dirs;
   return [
     `--name ${containerName('transform', runId)}`,
-    `--label ${LABELS.managed}=true --label ${LABELS.stage}=transform --label ${LABELS.runId}=${runId}`,
+    `--label ${BASELINE_LABEL} --label ${LABELS.stage}=transform --label ${LABELS.runId}=${runId}`,
     `-e BRAIN_RUN_ID=${runId} -e BRAIN_STAGE=transform -e "SCRIPT=${bigLog(bytes)}"`,
     `--mount type=bind,source=${aws},target=/app/.aws --mount type=bind,source=${processed},target=/app/processed --mount type=bind,source=${viz},target=/app/viz`,
     TEST_IMAGES.transform,

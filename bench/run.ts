@@ -9,7 +9,7 @@
 import { buildTestImages } from '../test/fixtures/build-images';
 import { SERVICE_NAMES } from '../shared/config';
 import { benchBus } from './bus';
-import { benchChain } from './chain';
+import { benchChain, type HopParts } from './chain';
 import { composeFootprint, serviceMemory } from './footprint';
 import { benchLoad } from './load';
 import { benchLogMemory, benchLogScan } from './logscan';
@@ -76,15 +76,21 @@ async function pipelineSections(): Promise<void> {
       const r = await benchChain(stack, cfg.reps);
       const [ours, base] = [median(r.serviceMs), median(r.baselineMs)];
       row('1. chain trigger→model.done, median', ms(ours), ms(base), ours / base, '≤ 1.10x (aim 1.05x)', ours / base <= 1.1);
-      const [p50, p95] = [percentile(r.serviceHops, 50), percentile(r.serviceHops, 95)];
-      row('2. hop die→start p50', ms(p50), ms(percentile(r.baselineHops, 50)), p50 / percentile(r.baselineHops, 50), '≤ 20 ms', p50 <= 20);
-      row('2. hop die→start p95', ms(p95), ms(percentile(r.baselineHops, 95)), p95 / percentile(r.baselineHops, 95), '≤ 50 ms', p95 <= 50);
-      const [c50, c95] = [percentile(r.serviceToCreate, 50), percentile(r.serviceToCreate, 95)];
-      row('2. of which die→create p50 (before Docker)', ms(c50), ms(percentile(r.baselineToCreate, 50)), c50 / percentile(r.baselineToCreate, 50), '');
-      row('2. of which die→create p95 (before Docker)', ms(c95), ms(percentile(r.baselineToCreate, 95)), c95 / percentile(r.baselineToCreate, 95), '');
-      row('2. floor: Docker create→start p50 (event times)', ms(percentile(r.dockerStart, 50)), '', undefined, '');
-      log(`   service hops: ${r.serviceHops.map((h) => h.toFixed(0)).join(' ')}`);
-      log(`   shell hops:   ${r.baselineHops.map((h) => h.toFixed(0)).join(' ')}`);
+      const [ours50, base50] = [percentile(r.serviceHops.dieToStart, 50), percentile(r.baselineHops.dieToStart, 50)];
+      const [ours95, base95] = [percentile(r.serviceHops.dieToStart, 95), percentile(r.baselineHops.dieToStart, 95)];
+      row('2. hop die→next start p50', ms(ours50), ms(base50), ours50 / base50, '≤ 20 ms', ours50 <= 20);
+      row('2. hop die→next start p95', ms(ours95), ms(base95), ours95 / base95, '≤ 50 ms', ours95 <= 50);
+      const parts: [keyof HopParts, string][] = [
+        ['dieToDestroy', '2.  of which die→destroy p50 (Docker cleanup; wait, inspect, rm)'],
+        ['destroyToCreate', '2.  of which destroy→next create p50 (events, lock, create)'],
+        ['createToStart', '2.  of which Docker create→start p50'],
+      ];
+      for (const [key, label] of parts) {
+        const [o, b] = [percentile(r.serviceHops[key], 50), percentile(r.baselineHops[key], 50)];
+        row(label, ms(o), ms(b), o / b, '');
+      }
+      log(`   service hops: ${r.serviceHops.dieToStart.map((h) => h.toFixed(0)).join(' ')}`);
+      log(`   shell hops:   ${r.baselineHops.dieToStart.map((h) => h.toFixed(0)).join(' ')}`);
     }
     if (cfg.sections.has('logs')) {
       log(`3. log scan: ${cfg.logBytes / MB} MB, ${cfg.reps} runs each`);

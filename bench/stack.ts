@@ -28,7 +28,7 @@ export const newRunId = () => `${RUN_PREFIX}${randomBytes(5).toString('hex')}`;
 
 export interface Observed {
   subject: string;
-  data: { runId?: string; outcome?: string; durationMs?: number };
+  data: { runId?: string; outcome?: string; durationMs?: number; error?: string };
   /** performance.now() when it arrived. */
   at: number;
 }

@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { ServiceName } from '../shared/config';
+import { LABELS } from '../shared/docker';
 
 export const REPO_ROOT = resolve(__dirname, '../..');
 
@@ -151,18 +152,18 @@ export async function startChildService(name: ServiceName, env: Record<string, s
 }
 
 export interface DockerEvent {
-  action: 'create' | 'start' | 'die';
+  action: 'create' | 'start' | 'die' | 'destroy';
   stage: string;
   runId: string;
   /** Milliseconds since the epoch, with sub-millisecond precision. */
   atMs: number;
 }
 
-/** Records `docker events` create/start/die of the pipeline's labelled containers until stopped. */
+/** Records `docker events` create/start/die/destroy of containers with a run id label (services' and baselines') until stopped. */
 export async function recordDockerEvents(): Promise<{ events: DockerEvent[]; stop(): Promise<void> }> {
   const child = spawn(
     'docker',
-    ['events', '--format', '{{json .}}', '--filter', 'label=io.brain-pipeline.managed=true', '--filter', 'event=create', '--filter', 'event=start', '--filter', 'event=die'],
+    ['events', '--format', '{{json .}}', '--filter', `label=${LABELS.runId}`, ...['create', 'start', 'die', 'destroy'].flatMap((e) => ['--filter', `event=${e}`])],
     { stdio: ['ignore', 'pipe', 'ignore'] },
   );
   const events: DockerEvent[] = [];
@@ -175,8 +176,8 @@ export async function recordDockerEvents(): Promise<{ events: DockerEvent[]; sto
       const e = JSON.parse(line) as { status: string; timeNano: number; Actor: { Attributes: Record<string, string> } };
       events.push({
         action: e.status as DockerEvent['action'],
-        stage: e.Actor.Attributes['io.brain-pipeline.stage'] ?? '',
-        runId: e.Actor.Attributes['io.brain-pipeline.run-id'] ?? '',
+        stage: e.Actor.Attributes[LABELS.stage] ?? '',
+        runId: e.Actor.Attributes[LABELS.runId] ?? '',
         atMs: e.timeNano / 1e6,
       });
     }
@@ -196,8 +197,14 @@ export async function recordDockerEvents(): Promise<{ events: DockerEvent[]; sto
 /** Run ids of the bench start with this, so its containers are told from a concurrent test run's. */
 export const RUN_PREFIX = 'bench';
 
-/** Removes every labelled container of the bench's runs (named `brain-<stage>-bench…`). */
+/**
+ * On the baselines' containers instead of `io.brain-pipeline.managed`, which would make them look like
+ * orphans to the services' sweeper (their runs hold no lock) and get them removed mid-run.
+ */
+export const BASELINE_LABEL = 'io.brain-pipeline.bench=baseline';
+
+/** Removes every container of the bench's runs, the services' and the baselines' (named `brain-<stage>-bench…`). */
 export async function removeBenchContainers(): Promise<void> {
-  const ids = (await exec('docker', ['ps', '-aq', '--filter', 'label=io.brain-pipeline.managed=true', '--filter', `name=-${RUN_PREFIX}`])).split('\n').filter((s) => s !== '');
+  const ids = (await exec('docker', ['ps', '-aq', '--filter', `label=${LABELS.runId}`, '--filter', `name=-${RUN_PREFIX}`])).split('\n').filter((s) => s !== '');
   if (ids.length > 0) await exec('docker', ['rm', '-f', ...ids]);
 }

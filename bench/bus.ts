@@ -69,7 +69,7 @@ async function lockContention(
   const rawCreate: number[] = [];
   const rawDelete: number[] = [];
   await Promise.all(
-    kvs.map(async (kv) => {
+    kvs.map(async ({ kv }) => {
       for (let r = 0; r < rounds; r++) {
         const t0 = performance.now();
         const revision = await kv.create('bench', new TextEncoder().encode('x')).catch(() => null);
@@ -85,8 +85,8 @@ async function lockContention(
   const release: number[] = [];
   let granted = 0;
   await Promise.all(
-    kvs.map(async (kv, i) => {
-      const locks = createLocks({ kv, holder: `bench-${i}`, ttlMs: 30_000, logger: silent });
+    kvs.map(async (store, i) => {
+      const locks = createLocks({ ...store, holder: `bench-${i}`, ttlMs: 30_000, logger: silent });
       for (let r = 0; r < rounds; r++) {
         const t0 = performance.now();
         const lease = await locks.acquire('model', newRunId(), 'bench');

@@ -110,7 +110,7 @@ export class Stack {
 
   waitFor(pred: (e: Observed) => boolean, timeoutMs: number, what: string): Promise<Observed> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+      const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs).unref();
       this.waiters.push({
         pred,
         resolve: (e) => {

@@ -27,6 +27,9 @@ export const SERVICE_FACTORIES: Record<ServiceName, (deps: ServiceDeps) => Servi
   trainer: createTrainer,
 };
 
+/** How long a lock winner waits before confirming its write on a replicated bucket (see `createLocks`). */
+const LOCK_SETTLE_MS = 200;
+
 export interface RunOptions {
   logDestination?: DestinationStream;
   docker?: Docker;
@@ -54,13 +57,20 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   const startedAt = new Date().toISOString();
   try {
     await ensureTopology(nc, { lockTtlMs: config.lockTtlMs, ackWaitMs: config.ackWaitMs, replicas: config.nats.replicas });
-    const kv = await openLocks(nc, config.lockTtlMs, config.nats.replicas);
+    const { kv, leader } = await openLocks(nc, config.lockTtlMs, config.nats.replicas);
     const holder = `${label}@${hostname()}:${process.pid}`;
     const docker = opts.docker ?? createDockerClient(config.dockerHost);
     const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics });
     for (const name of names) {
       const serviceLogger = logger.child({ service: name });
-      const locks = createLocks({ kv, holder: `${name}:${holder}`, ttlMs: config.lockTtlMs, logger: serviceLogger });
+      const locks = createLocks({
+        kv,
+        leader,
+        holder: `${name}:${holder}`,
+        ttlMs: config.lockTtlMs,
+        logger: serviceLogger,
+        settleMs: config.nats.replicas > 1 ? LOCK_SETTLE_MS : 0,
+      });
       const runner = createContainerRunner({ docker, pullPolicy: config.pullPolicy, service: name, logger: serviceLogger, onContainerStart: (stage) => metrics.containerStarted(stage) });
       const service = SERVICE_FACTORIES[name]({ config, bus, locks, runner, logger: serviceLogger });
       await service.start();

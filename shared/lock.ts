@@ -1,3 +1,4 @@
+import type { StoredMsg } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import { z } from 'zod';
 import { describeError } from './errors';
@@ -57,10 +58,19 @@ export interface Locks {
 
 export interface LocksDeps {
   kv: KV;
+  /** Reads the lock's latest write from the stream leader. */
+  leader: { lastMessage(key: LockKey): Promise<StoredMsg | null> };
   /** Names this process in lease values, e.g. `transformer@host:pid`. */
   holder: string;
   ttlMs: number;
   logger: Logger;
+  /**
+   * For replicated buckets: after winning a compare-and-set, wait this long, then check with the stream
+   * leader that our write is still the latest. nats-server before 2.9.21 checked the expected revision
+   * before the Raft proposal, so concurrent writers could all succeed (nats-io/nats-server#4320); only the
+   * last one written holds the lock. 0 (the default, right for a single server) skips the check.
+   */
+  settleMs?: number;
 }
 
 const encoder = new TextEncoder();
@@ -144,42 +154,64 @@ export function createLocks(deps: LocksDeps): Locks {
     };
   }
 
-  async function read(key: LockKey): Promise<LockInfo | null> {
-    const entry = await kv.get(key);
-    if (entry === null || entry.operation !== 'PUT') return null;
+  /** The lock's latest write, as the stream leader has it: a lagging replica's direct get could be stale. */
+  async function latest(key: LockKey): Promise<(LockInfo & { deleted: boolean }) | null> {
+    const msg = await deps.leader.lastMessage(key);
+    if (msg === null) return null;
+    const operation = msg.header?.get('KV-Operation') || 'PUT'; // a PUT carries no operation header
     let value: LeaseValue | null = null;
-    try {
-      value = LeaseValue.parse(JSON.parse(entry.string()));
-    } catch {
-      value = null;
+    if (operation === 'PUT') {
+      try {
+        value = LeaseValue.parse(JSON.parse(new TextDecoder().decode(msg.data)));
+      } catch {
+        value = null; // held by something we cannot read: never ours
+      }
     }
-    return { key, value, revision: entry.revision, writtenAt: entry.created };
+    return { key, value, revision: msg.seq, writtenAt: msg.time, deleted: operation !== 'PUT' };
   }
 
-  async function adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null> {
-    const current = await read(key);
-    if (current?.value?.runId !== runId) return null;
-    const holding = { runId, stage, trigger: current.value.trigger, acquiredAt: current.value.acquiredAt };
+  /** The write at `revision` is still the lock's latest after the settle time (see `LocksDeps.settleMs`). */
+  async function stillLatest(key: LockKey, revision: number): Promise<boolean> {
+    if ((deps.settleMs ?? 0) <= 0) return true;
+    await new Promise((resolve) => setTimeout(resolve, deps.settleMs));
+    const now = await latest(key);
+    if (now?.revision === revision) return true;
+    logger.warn({ lock: key, revision, latest: now?.revision }, 'a concurrent write won the lock after ours was accepted');
+    return false;
+  }
+
+  async function read(key: LockKey): Promise<LockInfo | null> {
+    const current = await latest(key);
+    return current === null || current.deleted ? null : { key, value: current.value, revision: current.revision, writtenAt: current.writtenAt };
+  }
+
+  /** Compare-and-set on the revision seen (0: the key has never been written, or aged out). */
+  async function write(key: LockKey, holding: Holding, expected: number, resumed: boolean): Promise<Lease | null> {
     try {
-      const revision = await kv.update(key, encode(holding), current.revision);
-      return lease(key, holding, revision, current.value.stage === stage);
+      const revision = expected === 0 ? await kv.create(key, encode(holding)) : await kv.update(key, encode(holding), expected);
+      return (await stillLatest(key, revision)) ? lease(key, holding, revision, resumed) : null;
     } catch (err) {
       if (isWrongSequence(err)) return null;
       throw err;
     }
   }
 
+  async function adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null> {
+    const current = await read(key);
+    if (current?.value?.runId !== runId) return null;
+    const holding = { runId, stage, trigger: current.value.trigger, acquiredAt: current.value.acquiredAt };
+    return write(key, holding, current.revision, current.value.stage === stage);
+  }
+
   async function acquire(key: LockKey, runId: string, stage: string, opts: { trigger?: number } = {}): Promise<Lease | null> {
     for (let attempt = 0; attempt < 3; attempt++) {
-      const holding = { runId, stage, trigger: opts.trigger, acquiredAt: new Date().toISOString() };
-      try {
-        const revision = await kv.create(key, encode(holding));
-        return lease(key, holding, revision);
-      } catch (err) {
-        if (!isWrongSequence(err)) throw err;
+      const current = await latest(key);
+      if (current === null || current.deleted) {
+        const holding = { runId, stage, trigger: opts.trigger, acquiredAt: new Date().toISOString() };
+        const won = await write(key, holding, current?.revision ?? 0, false);
+        if (won !== null) return won;
+        continue; // someone wrote between our read and our write: look again
       }
-      const current = await read(key);
-      if (current === null) continue; // released or expired between our create and read: try again
       // With a trigger, only this stage's own earlier delivery of it may be resumed, never a later stage's lease.
       const sameRun =
         current.value?.runId === runId &&

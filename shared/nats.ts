@@ -7,6 +7,7 @@ import {
   RetentionPolicy,
   StorageType,
   type JetStreamManager,
+  type StoredMsg,
   type StreamConfig,
 } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
@@ -99,9 +100,26 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions):
       });
     }
   }
-  await openLocks(nc, opts.lockTtlMs, replicas);
+  await new Kvm(nc).create(LOCKS_BUCKET, { history: 1, ttl: opts.lockTtlMs, replicas });
 }
 
-export async function openLocks(nc: NatsConnection, ttlMs: number, replicas = 1): Promise<KV> {
-  return new Kvm(nc).create(LOCKS_BUCKET, { history: 1, ttl: ttlMs, replicas });
+/** Reads a lock's latest write (value or delete marker) from the stream leader. */
+export async function lockReader(nc: NatsConnection, bucket = LOCKS_BUCKET): Promise<{ lastMessage(key: string): Promise<StoredMsg | null> }> {
+  const jsm = await jetstreamManager(nc);
+  return {
+    async lastMessage(key) {
+      try {
+        return await jsm.streams.getMessage(`KV_${bucket}`, { last_by_subj: `$KV.${bucket}.${key}` });
+      } catch (err) {
+        if (/no message found|not found/i.test((err as Error).message)) return null;
+        throw err;
+      }
+    },
+  };
+}
+
+/** The locks bucket and its leader reader: what `createLocks` needs. */
+export async function openLocks(nc: NatsConnection, ttlMs: number, replicas = 1, bucket = LOCKS_BUCKET) {
+  const kv: KV = await new Kvm(nc).create(bucket, { history: 1, ttl: ttlMs, replicas });
+  return { kv, leader: await lockReader(nc, bucket) };
 }

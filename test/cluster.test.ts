@@ -1,7 +1,10 @@
 import t from 'tap';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { LOCKS_BUCKET } from '../shared/nats';
+import { connect } from '@nats-io/transport-node';
+import pino from 'pino';
+import { createLocks } from '../shared/lock';
+import { LOCKS_BUCKET, openLocks } from '../shared/nats';
 import { startNatsCluster } from './helpers/nats-cluster';
 import { ClusterPipeline } from './helpers/cluster-pipeline';
 import { waitForContainer } from './helpers/pipeline';
@@ -21,6 +24,28 @@ t.test('three-node cluster, two replicas of every service', async (t) => {
   });
   t.teardown(() => p.close());
   const only = (lines: string[], runId: string) => lines.filter((l) => l.split(' ')[0] === runId);
+
+  t.test('the replicated locks bucket: concurrent contenders on three nodes, exactly one holder', async (t) => {
+    // nats-server 2.9 can accept several concurrent compare-and-sets on a replicated stream
+    // (nats-io/nats-server#4320); the settle check keeps only the last one written as the holder.
+    const conns = await Promise.all(cluster.urls.map((url) => connect({ servers: url })));
+    t.teardown(() => Promise.all(conns.map((nc) => nc.close())));
+    const contenders = await Promise.all(
+      Array.from({ length: 12 }, async (_, i) => {
+        const nc = conns[i % conns.length];
+        if (nc === undefined) throw new Error('no connection');
+        // A bucket of its own, so the pipeline's lock watcher does not count these contenders.
+        const store = await openLocks(nc, 15_000, 3, 'contention');
+        return createLocks({ ...store, holder: `c${i}`, ttlMs: 15_000, logger: pino({ level: 'silent' }), settleMs: 200 });
+      }),
+    );
+    for (let round = 0; round < 5; round++) {
+      const leases = await Promise.all(contenders.map((locks, i) => locks.acquire('model', `round${round}x${i}`, 'model-trigger')));
+      const held = leases.filter((l) => l !== null);
+      t.equal(held.length, 1, `round ${round}: one holder`);
+      t.ok(await held[0]?.release(), 'and it can release');
+    }
+  });
 
   t.test('a full chain: one container per stage, each event once', async (t) => {
     const runId = p.runId();

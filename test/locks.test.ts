@@ -18,11 +18,11 @@ t.test('KV leases against a real nats-server', async (t) => {
     await server.stop();
     await server.cleanup();
   });
-  const kv = await openLocks(nc, TTL);
+  const store = await openLocks(nc, TTL);
 
   await t.test('50 concurrent contenders: exactly one holder', async (t) => {
     for (let round = 0; round < 3; round++) {
-      const contenders = Array.from({ length: 50 }, (_, i) => createLocks({ kv, holder: `c${i}`, ttlMs: TTL, logger: silent }));
+      const contenders = Array.from({ length: 50 }, (_, i) => createLocks({ ...store, holder: `c${i}`, ttlMs: TTL, logger: silent }));
       const leases = await Promise.all(contenders.map((locks, i) => locks.acquire('transform', `run${round}x${i}`, 'transform')));
       const held = leases.filter((l) => l !== null);
       t.equal(held.length, 1, `round ${round}: one winner`);
@@ -31,8 +31,8 @@ t.test('KV leases against a real nats-server', async (t) => {
   });
 
   await t.test('a lease that is not refreshed expires, and its old holder can neither refresh nor release', async (t) => {
-    const a = createLocks({ kv, holder: 'a', ttlMs: TTL, logger: silent });
-    const b = createLocks({ kv, holder: 'b', ttlMs: TTL, logger: silent });
+    const a = createLocks({ ...store, holder: 'a', ttlMs: TTL, logger: silent });
+    const b = createLocks({ ...store, holder: 'b', ttlMs: TTL, logger: silent });
     const first = await a.acquire('model', 'old', 'train');
     t.ok(first);
     first?.handOff(); // stops refreshing, as a frozen holder would
@@ -47,7 +47,7 @@ t.test('KV leases against a real nats-server', async (t) => {
   });
 
   await t.test('a held lease stays held past its TTL while refreshed', async (t) => {
-    const a = createLocks({ kv, holder: 'a', ttlMs: TTL, logger: silent });
+    const a = createLocks({ ...store, holder: 'a', ttlMs: TTL, logger: silent });
     const lease = await a.acquire('transform', 'long', 'transform');
     await new Promise((r) => setTimeout(r, TTL * 2));
     t.ok(await lease?.confirm(), 'still ours');
@@ -57,7 +57,7 @@ t.test('KV leases against a real nats-server', async (t) => {
   });
 
   await t.test('a second trigger reusing a running run id is refused; a redelivery takes it over', async (t) => {
-    const a = createLocks({ kv, holder: 'a', ttlMs: TTL, logger: silent });
+    const a = createLocks({ ...store, holder: 'a', ttlMs: TTL, logger: silent });
     const lease = await a.acquire('transform', 'same', 'transform', { trigger: 7 });
     t.equal(await a.acquire('transform', 'same', 'transform', { trigger: 8 }), null);
     lease?.handOff();

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { DeliverPolicy, jetstream, type ConsumerMessages, type JetStreamClient } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient } from '@nats-io/jetstream';
 import { Kvm, type KvWatchEntry } from '@nats-io/kv';
 import type { QueuedIterator } from '@nats-io/nats-core';
 import { LABELS } from '../../shared/docker';
@@ -115,12 +115,20 @@ export class ClusterPipeline {
   }
 
   private async observe(lockTtlMs: number): Promise<void> {
-    const consumer = await this.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.All });
+    // A durable consumer (replicated like the services' own) survives a node failure; an ordered one
+    // stopped delivering when its node died. Redeliveries are dropped by stream sequence.
+    const jsm = await jetstreamManager(this.client);
+    await jsm.consumers.add(EVENTS_STREAM, { durable_name: 'test-observer', ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: 5_000_000_000 });
+    const consumer = await this.js.consumers.get(EVENTS_STREAM, 'test-observer');
     const messages = await consumer.consume({ idle_heartbeat: 1000, expires: 5000 });
     this.messages = messages;
+    const seen = new Set<number>();
     this.loops.push(
       (async () => {
         for await (const m of messages) {
+          m.ack();
+          if (seen.has(m.seq)) continue;
+          seen.add(m.seq);
           let data: RecordedEvent['data'];
           try {
             data = m.json();

@@ -39,8 +39,8 @@ export interface Lease {
   readonly lost: AbortSignal;
   /** Refreshes now; false when the lease is no longer ours. */
   confirm(): Promise<boolean>;
-  /** Stops refreshing without releasing: the next stage of the run takes the lease over. */
-  handOff(): void;
+  /** Stops refreshing without releasing (the next stage of the run takes the lease over); resolves once no write of ours is in flight. */
+  handOff(): Promise<void>;
   /** Deletes the lease if it is still ours; false when it was not. */
   release(): Promise<boolean>;
 }
@@ -104,18 +104,27 @@ export function createLocks(deps: LocksDeps): Locks {
       lost.abort(new Error(`lock ${key} lost: ${why}`));
     };
     let writtenAt = Date.now();
-    const refresh = async (): Promise<boolean> => {
-      if (!active) return false;
-      try {
-        revision = await kv.update(key, encode(holding), revision);
-        writtenAt = Date.now();
-        return true;
-      } catch (err) {
-        if (isWrongSequence(err)) markLost('taken over or expired');
-        else logger.warn({ lock: key, runId, err: describeError(err) }, 'lock refresh failed; will retry');
-        return false;
-      }
+    // One write at a time: a refresh racing a confirm or a release would make the other's compare-and-set
+    // fail on the revision it just moved, and look like a lost lease.
+    let writing: Promise<unknown> = Promise.resolve();
+    const serially = <T>(write: () => Promise<T>): Promise<T> => {
+      const next = writing.then(write, write);
+      writing = next.catch(() => undefined);
+      return next;
     };
+    const refresh = (): Promise<boolean> =>
+      serially(async () => {
+        if (!active) return false;
+        try {
+          revision = await kv.update(key, encode(holding), revision);
+          writtenAt = Date.now();
+          return true;
+        } catch (err) {
+          if (isWrongSequence(err)) markLost('taken over or expired');
+          else logger.warn({ lock: key, runId, err: describeError(err) }, 'lock refresh failed; will retry');
+          return false;
+        }
+      });
     const timer = setInterval(() => void refresh(), refreshEveryMs);
     return {
       key,
@@ -135,21 +144,24 @@ export function createLocks(deps: LocksDeps): Locks {
         }
         return false;
       },
-      handOff() {
+      async handOff() {
         active = false;
         clearInterval(timer);
+        await writing;
       },
       async release() {
         if (!active) return false;
         active = false;
         clearInterval(timer);
-        try {
-          await kv.delete(key, { previousSeq: revision });
-          return true;
-        } catch (err) {
-          logger.warn({ lock: key, runId, err: describeError(err) }, 'lock release refused: no longer ours');
-          return false;
-        }
+        return serially(async () => {
+          try {
+            await kv.delete(key, { previousSeq: revision });
+            return true;
+          } catch (err) {
+            logger.warn({ lock: key, runId, err: describeError(err) }, 'lock release refused: no longer ours');
+            return false;
+          }
+        });
       },
     };
   }
@@ -197,10 +209,15 @@ export function createLocks(deps: LocksDeps): Locks {
   }
 
   async function adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null> {
-    const current = await read(key);
-    if (current?.value?.runId !== runId) return null;
-    const holding = { runId, stage, trigger: current.value.trigger, acquiredAt: current.value.acquiredAt };
-    return write(key, holding, current.revision, current.value.stage === stage);
+    // A few tries: the previous holder's last refresh may land between our read and our write.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const current = await read(key);
+      if (current?.value?.runId !== runId) return null;
+      const holding = { runId, stage, trigger: current.value.trigger, acquiredAt: current.value.acquiredAt };
+      const taken = await write(key, holding, current.revision, current.value.stage === stage);
+      if (taken !== null) return taken;
+    }
+    return null;
   }
 
   async function acquire(key: LockKey, runId: string, stage: string, opts: { trigger?: number } = {}): Promise<Lease | null> {

@@ -90,7 +90,8 @@ t.test('Docker going away mid-stage: the stage fails clearly, the service keeps 
 t.test('a container killed for memory is recorded as exit 137 and OOM', async (t) => {
   const p = await Pipeline.start({
     env: { TRANSFORM_MEMORY: '16m' },
-    envFiles: { transform: { SCRIPT: 'echo start; head -c 200m /dev/zero | tail -c 150m > /dev/null; echo survived' } },
+    // tail keeps the last 150 MB of an endless stream in memory; exec makes it the container's main process.
+    envFiles: { transform: { SCRIPT: 'echo start; exec tail -c 150m /dev/zero' } },
   });
   t.teardown(() => p.close());
   const runId = uid();

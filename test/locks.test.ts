@@ -35,7 +35,7 @@ t.test('KV leases against a real nats-server', async (t) => {
     const b = createLocks({ ...store, holder: 'b', ttlMs: TTL, logger: silent });
     const first = await a.acquire('model', 'old', 'train');
     t.ok(first);
-    first?.handOff(); // stops refreshing, as a frozen holder would
+    await first?.handOff(); // stops refreshing, as a frozen holder would
     t.equal(await b.acquire('model', 'new', 'train'), null, 'held while fresh');
     await new Promise((r) => setTimeout(r, TTL * 1.7));
     const second = await b.acquire('model', 'new', 'train');
@@ -60,7 +60,7 @@ t.test('KV leases against a real nats-server', async (t) => {
     const a = createLocks({ ...store, holder: 'a', ttlMs: TTL, logger: silent });
     const lease = await a.acquire('transform', 'same', 'transform', { trigger: 7 });
     t.equal(await a.acquire('transform', 'same', 'transform', { trigger: 8 }), null);
-    lease?.handOff();
+    await lease?.handOff();
     const taken = await a.acquire('transform', 'same', 'transform', { trigger: 7 });
     t.ok(taken);
     t.notOk(await lease?.release(), 'the handed-off lease cannot release');

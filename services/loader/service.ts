@@ -72,7 +72,7 @@ export function createLoader(deps: ServiceDeps): Service {
     } else {
       const reports = await Promise.all([load('processed', runId, lease.resumed, ctx.signal), load('viz', runId, lease.resumed, ctx.signal)]);
       if (reports.some((r) => r.handedBack)) {
-        lease.handOff();
+        await lease.handOff();
         return 'handed-back';
       }
       const loads = reports.map(({ target, outcome, exitCode }) => ({ target, outcome, exitCode }));
@@ -90,7 +90,7 @@ export function createLoader(deps: ServiceDeps): Service {
       }
       await loadDone({ outcome: 'loaded', loads });
     }
-    lease.handOff();
+    await lease.handOff();
     await bus.publish(Subjects.modelTrigger, { runId, reason: 'loaded' }, { msgId: msgIdFor(runId, Subjects.modelTrigger) });
     return 'done';
   }

@@ -39,8 +39,7 @@ export function createModelGate(deps: ServiceDeps): Service {
       return 'done' as const;
     };
     const train = async (lease: Lease, reason: 'mismatch' | 'forced') => {
-      lease.handOff();
-      runLease?.handOff();
+      await Promise.all([lease.handOff(), runLease?.handOff()]);
       await bus.publish(Subjects.modelMismatch, { runId, reason }, { msgId: msgIdFor(runId, Subjects.modelMismatch) });
       log.info({ reason }, 'training requested');
       return 'done' as const;
@@ -80,8 +79,7 @@ export function createModelGate(deps: ServiceDeps): Service {
       return finish({ outcome: 'failed', exitCode: null, error: describeError(err) });
     }
     if (result.status === 'handed-back') {
-      modelLease.handOff();
-      runLease?.handOff();
+      await Promise.all([modelLease.handOff(), runLease?.handOff()]);
       return 'handed-back';
     }
     if (flags.devForceTraining) return train(modelLease, 'forced');

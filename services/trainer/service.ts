@@ -50,8 +50,7 @@ export function createTrainer(deps: ServiceDeps): Service {
       return finish({ outcome: 'failed', exitCode: null, error: describeError(err) });
     }
     if (result.status === 'handed-back') {
-      modelLease.handOff();
-      runLease?.handOff();
+      await Promise.all([modelLease.handOff(), runLease?.handOff()]);
       return 'handed-back';
     }
     const failure = failureOf(result, config.timeoutsMs.train);

@@ -63,7 +63,7 @@ export function createTransformer(deps: ServiceDeps): Service {
       return 'done';
     }
     if (result.status === 'handed-back') {
-      lease.handOff();
+      await lease.handOff();
       return 'handed-back';
     }
     const failure = failureOf(result, config.timeoutsMs.transform);
@@ -77,8 +77,8 @@ export function createTransformer(deps: ServiceDeps): Service {
       return 'done';
     }
     await done({ outcome: 'new-data', exitCode: result.exitCode });
+    await lease.handOff(); // before data.new: the loader takes the lease over from here
     await bus.publish(Subjects.dataNew, { runId }, { msgId: msgIdFor(runId, Subjects.dataNew) });
-    lease.handOff();
     return 'done';
   }
 

@@ -56,6 +56,22 @@ t.test('KV leases against a real nats-server', async (t) => {
     t.equal(await a.read('transform'), null, 'released');
   });
 
+  await t.test('release and confirm never race the refresh timer', async (t) => {
+    // A 300 ms lease refreshes every 100 ms: releases and confirms land in the middle of refreshes.
+    const fast = createLocks({ ...store, holder: 'fast', ttlMs: 300, logger: silent });
+    let released = 0;
+    let confirmed = 0;
+    for (let i = 0; i < 40; i++) {
+      const lease = await fast.acquire('model', `race${i}`, 'train');
+      await new Promise((r) => setTimeout(r, (i * 37) % 150));
+      if (await lease?.confirm()) confirmed++;
+      if (await lease?.release()) released++;
+    }
+    t.equal(confirmed, 40, 'every confirm succeeded');
+    t.equal(released, 40, 'every release succeeded');
+    t.equal(await fast.read('model'), null);
+  });
+
   await t.test('a second trigger reusing a running run id is refused; a redelivery takes it over', async (t) => {
     const a = createLocks({ ...store, holder: 'a', ttlMs: TTL, logger: silent });
     const lease = await a.acquire('transform', 'same', 'transform', { trigger: 7 });

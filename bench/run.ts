@@ -69,7 +69,7 @@ async function pipelineSections(): Promise<void> {
       for (const name of SERVICE_NAMES) row(`5. idle RSS ${name}`, mb(mem[name]?.rssKb ?? 0), `PSS ${mb(mem[name]?.pssKb ?? 0)}`, undefined, '');
       const rss = Object.values(mem).reduce((a, b) => a + b.rssKb, 0);
       const pss = Object.values(mem).reduce((a, b) => a + b.pssKb, 0);
-      row('5. idle, five service processes: RSS sum (PSS sum)', `${mb(rss)} (${mb(pss)})`, '', undefined, '< 400 MB', pss < 400 * 1024);
+      row('5. idle, five service processes: PSS sum (RSS sum)', `${mb(pss)} (${mb(rss)})`, '', undefined, '< 400 MB', pss < 400 * 1024);
     }
     if (cfg.sections.has('chain')) {
       log(`1-2. chain: ${cfg.reps} runs through the services and ${cfg.reps} by shell script, alternating`);
@@ -96,9 +96,9 @@ async function pipelineSections(): Promise<void> {
       log(`3. log scan: ${cfg.logBytes / MB} MB, ${cfg.reps} runs each`);
       const r = await benchLogScan(stack, cfg.logBytes, cfg.reps);
       const [ours, base] = [median(r.serviceMs), median(r.baselineMs)];
-      row(`3. scan ${cfg.logBytes / MB} MB log vs docker logs -f | grep, median`, ms(ours), ms(base), ours / base, '≤ 1.05x', ours / base <= 1.05);
+      row(`3. scan ${cfg.logBytes / MB} MB log vs docker logs -f → grep, median`, ms(ours), ms(base), ours / base, '≤ 1.05x', ours / base <= 1.05);
       const attach = median(r.attachMs);
-      row(`3. scan ${cfg.logBytes / MB} MB log vs docker run | grep (attach), median`, ms(ours), ms(attach), ours / attach, '');
+      row(`3. scan ${cfg.logBytes / MB} MB log vs docker run → grep (attach), median`, ms(ours), ms(attach), ours / attach, '');
       log(`   service ${r.serviceMs.map((x) => x.toFixed(0)).join(' ')}; logs -f ${r.baselineMs.map((x) => x.toFixed(0)).join(' ')}; attach ${r.attachMs.map((x) => x.toFixed(0)).join(' ')}`);
     }
     if (cfg.sections.has('memory')) {

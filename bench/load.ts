@@ -25,7 +25,6 @@ export async function benchLoad(stack: Stack, triggers: number, batches: number)
     return { ...sampleProc(transformer.pid), heapUsedBytes: await heapUsedBytes(transformer.healthPort) };
   };
   const result: LoadResult = { triggers, throughput: [], outcomes: {}, samples: [] };
-  stack.record = false;
   await sleep(2000);
   result.samples.push(await sample());
   try {
@@ -51,7 +50,6 @@ export async function benchLoad(stack: Stack, triggers: number, batches: number)
       result.samples.push(await sample());
     }
   } finally {
-    stack.record = true;
     stack.writeEnvFiles(NO_OP_CHAIN);
   }
   return result;

@@ -36,9 +36,6 @@ export interface Observed {
 export class Stack {
   readonly children = new Map<ServiceName, ChildService>();
   private waiters: { pred: (e: Observed) => boolean; resolve: (e: Observed) => void }[] = [];
-  readonly seen: Observed[] = [];
-  /** Keep every event in `seen` (off for the load test's thousands). */
-  record = true;
 
   private constructor(
     readonly nats: NatsServer,
@@ -73,7 +70,6 @@ export class Stack {
       client.subscribe(subject, {
         callback: (_err, msg) => {
           const event: Observed = { subject: msg.subject, data: msg.json(), at: performance.now() };
-          if (stack.record) stack.seen.push(event);
           stack.waiters = stack.waiters.filter((w) => {
             if (!w.pred(event)) return true;
             w.resolve(event);

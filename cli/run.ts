@@ -7,7 +7,7 @@ import type { Config, ServiceName } from '../shared/config';
 import { createContainerRunner, createDockerClient } from '../shared/docker';
 import { createLocks } from '../shared/lock';
 import { createLogger } from '../shared/logger';
-import { connectNats, ensureTopology, openLocks } from '../shared/nats';
+import { connectNats, deploymentId, ensureTopology, openLocks } from '../shared/nats';
 import { createMetrics, type Metrics } from '../shared/metrics';
 import { startHealthServer, type HealthServer } from '../shared/health';
 import { Svcm, type Service as MicroService } from '@nats-io/services';
@@ -38,6 +38,8 @@ export interface RunOptions {
 export interface RunningServices {
   readonly nc: NatsConnection;
   readonly metrics: Metrics;
+  /** The deployment's id, on every container label (see `deploymentId`). */
+  readonly instance: string;
   /** Port of `/healthz` and `/metrics`. */
   readonly healthPort: number;
   /** Stops every service (in-flight work handed back, containers left to be adopted) and drains NATS. */
@@ -55,9 +57,11 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   const metrics = createMetrics({ service: label });
   let health: HealthServer | undefined;
   const startedAt = new Date().toISOString();
+  let instance = '';
   try {
     await ensureTopology(nc, { lockTtlMs: config.lockTtlMs, ackWaitMs: config.ackWaitMs, replicas: config.nats.replicas });
     const { kv, leader } = await openLocks(nc, config.lockTtlMs, config.nats.replicas);
+    instance = await deploymentId(nc);
     const holder = `${label}@${hostname()}:${process.pid}`;
     const docker = opts.docker ?? createDockerClient(config.dockerHost);
     const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics });
@@ -71,7 +75,14 @@ export async function runServices(names: readonly ServiceName[], config: Config,
         logger: serviceLogger,
         settleMs: config.nats.replicas > 1 ? LOCK_SETTLE_MS : 0,
       });
-      const runner = createContainerRunner({ docker, pullPolicy: config.pullPolicy, service: name, logger: serviceLogger, onContainerStart: (stage) => metrics.containerStarted(stage) });
+      const runner = createContainerRunner({
+        docker,
+        pullPolicy: config.pullPolicy,
+        service: name,
+        instance,
+        logger: serviceLogger,
+        onContainerStart: (stage) => metrics.containerStarted(stage),
+      });
       const service = SERVICE_FACTORIES[name]({ config, bus, locks, runner, logger: serviceLogger });
       await service.start();
       services.push(service);
@@ -111,6 +122,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   return {
     nc,
     metrics,
+    instance,
     healthPort: healthServer.port,
     stop() {
       stopping ??= (async () => {

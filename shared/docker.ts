@@ -11,6 +11,8 @@ export const LABELS = {
   stage: 'io.brain-pipeline.stage',
   runId: 'io.brain-pipeline.run-id',
   service: 'io.brain-pipeline.service',
+  /** The deployment (one NATS event stream): pipelines sharing a Docker engine never touch each other's containers. */
+  instance: 'io.brain-pipeline.instance',
 } as const;
 
 export type PullPolicy = 'always' | 'missing' | 'never';
@@ -52,7 +54,7 @@ export interface StageResult {
 
 export interface ContainerRunner {
   run(spec: StageSpec): Promise<StageResult>;
-  /** Labelled containers, for start-up reconciliation and tests. */
+  /** This deployment's labelled containers, for start-up reconciliation and tests. */
   list(filter?: { stage?: Stage; runId?: string }): Promise<{ id: string; name: string; state: string; labels: Record<string, string> }[]>;
   /** Removes a container; a container that is already gone is not an error. */
   remove(idOrName: string): Promise<void>;
@@ -62,6 +64,8 @@ export interface RunnerDeps {
   docker: Docker;
   pullPolicy: PullPolicy;
   service: string;
+  /** Labels the containers of this deployment; see `deploymentId`. */
+  instance: string;
   logger: Logger;
   /** Called each time a container is started. */
   onContainerStart?: (stage: Stage) => void;
@@ -172,6 +176,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
           [LABELS.stage]: spec.stage,
           [LABELS.runId]: spec.runId,
           [LABELS.service]: deps.service,
+          [LABELS.instance]: deps.instance,
         },
         HostConfig: {
           AutoRemove: false,
@@ -296,7 +301,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
   }
 
   async function list(filter: { stage?: Stage; runId?: string } = {}) {
-    const labels = [`${LABELS.managed}=true`];
+    const labels = [`${LABELS.managed}=true`, `${LABELS.instance}=${deps.instance}`];
     if (filter.stage !== undefined) labels.push(`${LABELS.stage}=${filter.stage}`);
     if (filter.runId !== undefined) labels.push(`${LABELS.runId}=${filter.runId}`);
     const found = await docker.listContainers({ all: true, filters: { label: labels } });

@@ -103,6 +103,16 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions):
   await new Kvm(nc).create(LOCKS_BUCKET, { history: 1, ttl: opts.lockTtlMs, replicas });
 }
 
+/**
+ * Identifies this deployment: the creation time of its event stream, the same for every service and
+ * replica that shares it, and different for another pipeline on the same Docker engine.
+ */
+export async function deploymentId(nc: NatsConnection): Promise<string> {
+  const jsm = await jetstreamManager(nc);
+  const info = await jsm.streams.info(EVENTS_STREAM);
+  return `${EVENTS_STREAM}@${info.created}`;
+}
+
 /** Reads a lock's latest write (value or delete marker) from the stream leader. */
 export async function lockReader(nc: NatsConnection, bucket = LOCKS_BUCKET): Promise<{ lastMessage(key: string): Promise<StoredMsg | null> }> {
   const jsm = await jetstreamManager(nc);

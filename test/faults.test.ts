@@ -129,28 +129,30 @@ t.test('a container printing hundreds of megabytes: found, forwarded, and the se
 });
 
 t.test('labelled containers orphaned by an earlier crash are removed at start-up', async (t) => {
-  const p = await Pipeline.start({ env: { ACK_WAIT: '1', LOCK_TTL: '2' }, services: [] });
+  const p = await Pipeline.start({ env: { ACK_WAIT: '1', LOCK_TTL: '2' }, services: ['transformer'] });
   t.teardown(() => p.close());
+  const instance = p.running?.instance ?? '';
+  await p.stopServices();
+  const foreign = uid('other');
   const running = uid('orphan');
   const exited = uid('orphan');
-  for (const [runId, script] of [[running, 'sleep 120'], [exited, 'true']] as const) {
+  for (const [runId, script, owner] of [[running, 'sleep 120', instance], [exited, 'true', instance], [foreign, 'sleep 120', 'another-deployment']] as const) {
     const container = await docker.createContainer({
       name: `brain-transform-${runId}`,
       Image: TEST_IMAGES.transform,
       Env: [`SCRIPT=${script}`],
-      Labels: { [LABELS.managed]: 'true', [LABELS.stage]: 'transform', [LABELS.runId]: runId, [LABELS.service]: 'transformer' },
+      Labels: { [LABELS.managed]: 'true', [LABELS.stage]: 'transform', [LABELS.runId]: runId, [LABELS.service]: 'transformer', [LABELS.instance]: owner },
       HostConfig: { Mounts: [{ Type: 'bind', Source: p.dirs.aws, Target: '/app/.aws' }] },
     });
     await container.start();
   }
+  t.teardown(() => docker.getContainer(`brain-transform-${foreign}`).remove({ force: true }));
   t.equal((await p.containers(running)).length, 1);
-  await p.stopServices();
-  p.env.ACK_WAIT = '1';
-  (p as unknown as { services: string[] }).services = ['transformer'];
   await p.startServices();
   const deadline = Date.now() + 20_000;
   while ((await p.containers(running)).length + (await p.containers(exited)).length > 0 && Date.now() < deadline) await sleep(250);
   t.same(await p.containers(running), [], 'the running orphan was removed');
   t.same(await p.containers(exited), [], 'the exited orphan was removed');
   t.ok(p.logLines.some((l) => l.includes('removing orphaned container')), 'and it was logged');
+  t.equal((await p.containers(foreign)).length, 1, 'another deployment’s container on the same engine is left alone');
 });

@@ -113,6 +113,22 @@ export function createEventBus(deps: BusDeps): EventBus {
     logger.warn({ subject, error, streamSequence: msg.info.streamSequence }, 'rejected invalid event');
   }
 
+  /**
+   * Acks a finished message and waits for the server to confirm, retrying through a NATS node failure
+   * or leader election: a lost ack would redeliver a run that already ended and start it again.
+   */
+  async function acknowledge(msg: JsMsg): Promise<void> {
+    const deadline = Date.now() + Math.max(deps.ackWaitMs, 5000);
+    for (;;) {
+      const confirmed = await msg.ackAck({ timeout: 2000 }).catch(() => false);
+      if (confirmed || Date.now() > deadline) {
+        if (!confirmed) logger.warn({ subject: msg.subject, streamSequence: msg.info.streamSequence }, 'ack not confirmed; the message may be redelivered');
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+
   async function consume<S extends EventSubject>(durable: string, subject: S, handler: Handler<S>): Promise<Subscription> {
     const consumer = await js.consumers.get(EVENTS_STREAM, durable);
     const messages = await consumer.consume({ max_messages: deps.concurrency ?? 64 });
@@ -139,7 +155,7 @@ export function createEventBus(deps: BusDeps): EventBus {
           storedAt: msg.time,
         });
         if (result === 'handed-back') msg.nak();
-        else msg.ack();
+        else await acknowledge(msg);
       } catch (err) {
         logger.error({ subject, err: describeError(err) }, 'handler failed; message will be redelivered');
         msg.nak(shutdown.signal.aborted ? 0 : RETRY_DELAY_MS);

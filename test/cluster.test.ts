@@ -30,15 +30,15 @@ t.test('three-node cluster, two replicas of every service', async (t) => {
     // (nats-io/nats-server#4320); the settle check keeps only the last one written as the holder.
     const conns = await Promise.all(cluster.urls.map((url) => connect({ servers: url })));
     t.teardown(() => Promise.all(conns.map((nc) => nc.close())));
-    const contenders = await Promise.all(
-      Array.from({ length: 12 }, async (_, i) => {
-        const nc = conns[i % conns.length];
-        if (nc === undefined) throw new Error('no connection');
-        // A bucket of its own, so the pipeline's lock watcher does not count these contenders.
-        const store = await openLocks(nc, 15_000, 3, 'contention');
-        return createLocks({ ...store, holder: `c${i}`, ttlMs: 15_000, logger: pino({ level: 'silent' }), settleMs: 200 });
-      }),
-    );
+    // A bucket of its own, so the pipeline's lock watcher does not count these contenders; opened one
+    // connection at a time (concurrent creates of one replicated stream time out on nats-server 2.9).
+    const contenders = [];
+    for (let i = 0; i < 12; i++) {
+      const nc = conns[i % conns.length];
+      if (nc === undefined) throw new Error('no connection');
+      const store = await openLocks(nc, 15_000, 3, 'contention');
+      contenders.push(createLocks({ ...store, holder: `c${i}`, ttlMs: 15_000, logger: pino({ level: 'silent' }), settleMs: 200 }));
+    }
     for (let round = 0; round < 5; round++) {
       const leases = await Promise.all(contenders.map((locks, i) => locks.acquire('model', `round${round}x${i}`, 'model-trigger')));
       const held = leases.filter((l) => l !== null);

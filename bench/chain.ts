@@ -14,7 +14,7 @@ const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
  * One `docker run --rm` of a stage as the service would create it: same name, env and bind mounts, and
  * its labels but BASELINE_LABEL for the managed one. Like the service, the script reads the output (and greps it for a phrase where the service scans).
  */
-function dockerRun(stack: Stack, stage: Stage, envFile: EnvFileKey, image: string, runId: string, mounts: [string, string][]): string {
+function dockerRun(stage: Stage, envFile: EnvFileKey, image: string, runId: string, mounts: [string, string][]): string {
   const env = { ...NO_OP_CHAIN[envFile], BRAIN_RUN_ID: runId, BRAIN_STAGE: stage };
   return [
     'docker run --rm',
@@ -30,12 +30,12 @@ export function baselineChainScript(stack: Stack, runId: string): string {
   const { aws, processed, viz } = stack.dirs;
   return [
     'set -o pipefail',
-    `${dockerRun(stack, 'transform', 'transform', TEST_IMAGES.transform, runId, [[aws, '/app/.aws'], [processed, '/app/processed'], [viz, '/app/viz']])} | grep -F ${q(PHRASES.newData)} > /dev/null || exit 1`,
-    `${dockerRun(stack, 'load-processed', 'loadProcessed', TEST_IMAGES.load, runId, [[processed, '/app/collect_point'], [aws, '/root/.aws']])} > /dev/null & p1=$!`,
-    `${dockerRun(stack, 'load-viz', 'loadViz', TEST_IMAGES.load, runId, [[viz, '/app/collect_point'], [aws, '/root/.aws']])} > /dev/null & p2=$!`,
+    `${dockerRun('transform', 'transform', TEST_IMAGES.transform, runId, [[aws, '/app/.aws'], [processed, '/app/processed'], [viz, '/app/viz']])} | grep -F ${q(PHRASES.newData)} > /dev/null || exit 1`,
+    `${dockerRun('load-processed', 'loadProcessed', TEST_IMAGES.load, runId, [[processed, '/app/collect_point'], [aws, '/root/.aws']])} > /dev/null & p1=$!`,
+    `${dockerRun('load-viz', 'loadViz', TEST_IMAGES.load, runId, [[viz, '/app/collect_point'], [aws, '/root/.aws']])} > /dev/null & p2=$!`,
     'wait $p1 && wait $p2 || exit 1',
-    `${dockerRun(stack, 'model-trigger', 'modelTrigger', TEST_IMAGES.modelTrigger, runId, [])} | grep -F ${q(PHRASES.mismatch)} > /dev/null || exit 1`,
-    `${dockerRun(stack, 'train', 'train', TEST_IMAGES.train, runId, [[aws, '/root/.aws']])} > /dev/null`,
+    `${dockerRun('model-trigger', 'modelTrigger', TEST_IMAGES.modelTrigger, runId, [])} | grep -F ${q(PHRASES.mismatch)} > /dev/null || exit 1`,
+    `${dockerRun('train', 'train', TEST_IMAGES.train, runId, [[aws, '/root/.aws']])} > /dev/null`,
   ].join('\n');
 }
 

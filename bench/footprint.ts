@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { TEST_IMAGES, buildTestImages } from '../test/fixtures/build-images';
+import { buildTestImages, standInStageEnv } from '../test/fixtures/build-images';
 import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from '../test/helpers/compose-images';
 import { BRAIN_TEST_IMAGE, ComposeProject, buildBrainImage } from '../test/helpers/compose';
 import type { Stack } from './stack';
@@ -44,14 +44,7 @@ export async function composeFootprint(): Promise<Record<string, number>> {
     NATS_CONFIG: 'nats-2.9.conf',
     NATS_PUBLISH: '127.0.0.1:',
     BRAIN_ENV_HOST_DIR: dirs.env,
-    HOST_AWS_DIR: dirs.aws,
-    HOST_PROCESSED_DIR: dirs.processed,
-    HOST_VIZ_DIR: dirs.viz,
-    TRANSFORM_IMAGE: TEST_IMAGES.transform,
-    LOAD_IMAGE: TEST_IMAGES.load,
-    MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
-    TRAIN_IMAGE: TEST_IMAGES.train,
-    PULL_POLICY: 'never',
+    ...standInStageEnv(dirs),
     NATS_SCHEDULER_PASS: password(),
     NATS_TRANSFORMER_PASS: password(),
     NATS_LOADER_PASS: password(),

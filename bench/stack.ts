@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import type { ServiceName } from '../shared/config';
 import { ENV_FILES } from '../shared/envfile';
-import { TEST_IMAGES } from '../test/fixtures/build-images';
+import { standInStageEnv } from '../test/fixtures/build-images';
 import { startNatsServer, type NatsServer } from '../test/helpers/nats-server';
 import { RUN_PREFIX, startChildService, type ChildService } from './util';
 
@@ -52,14 +52,7 @@ export class Stack {
     const env = {
       NATS_URL: nats.url,
       BRAIN_ENV_DIR: dirs.env,
-      HOST_AWS_DIR: dirs.aws,
-      HOST_PROCESSED_DIR: dirs.processed,
-      HOST_VIZ_DIR: dirs.viz,
-      TRANSFORM_IMAGE: TEST_IMAGES.transform,
-      LOAD_IMAGE: TEST_IMAGES.load,
-      MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
-      TRAIN_IMAGE: TEST_IMAGES.train,
-      PULL_POLICY: 'never',
+      ...standInStageEnv(dirs),
       LOG_LEVEL: 'info',
       TRANSFORM_SCHEDULE: '0 0 1 1 *',
     };

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { ENV_FILES } from '../shared/envfile';
 import { SERVICE_NAMES } from '../shared/config';
-import { TEST_IMAGES, buildTestImages } from './fixtures/build-images';
+import { buildTestImages, standInStageEnv } from './fixtures/build-images';
 import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from './helpers/compose-images';
 import { BRAIN_TEST_IMAGE, ComposeProject, REPO_ROOT, buildBrainImage } from './helpers/compose';
 import { uid } from './helpers/pipeline';
@@ -54,14 +54,7 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     NATS_CONFIG: 'nats-2.9.conf',
     NATS_PUBLISH: '127.0.0.1:',
     BRAIN_ENV_HOST_DIR: dirs.env,
-    HOST_AWS_DIR: dirs.aws,
-    HOST_PROCESSED_DIR: dirs.processed,
-    HOST_VIZ_DIR: dirs.viz,
-    TRANSFORM_IMAGE: TEST_IMAGES.transform,
-    LOAD_IMAGE: TEST_IMAGES.load,
-    MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
-    TRAIN_IMAGE: TEST_IMAGES.train,
-    PULL_POLICY: 'never',
+    ...standInStageEnv(dirs),
     LOG_LEVEL: 'debug',
     NATS_SCHEDULER_PASS: password(),
     NATS_TRANSFORMER_PASS: password(),

@@ -20,7 +20,7 @@ import { ENV_FILES } from '../shared/envfile';
 import { STAGES } from '../shared/events';
 import { EVENTS_STREAM, LOCKS_BUCKET, LOGS_STREAM } from '../shared/nats';
 import { runServices, type RunningServices } from '../cli/run';
-import { TEST_IMAGES } from './fixtures/build-images';
+import { TEST_IMAGES, standInStageEnv } from './fixtures/build-images';
 import { Pipeline, docker, uid, waitForContainer, type EnvFileKey, type RecordedEvent } from './helpers/pipeline';
 import { NATS_ROLES, startAuthNatsServer, type NatsRole } from './helpers/nats-auth';
 
@@ -266,14 +266,7 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
       NATS_USER: name,
       NATS_PASS: server.passwords[name],
       BRAIN_ENV_DIR: dirs.env,
-      HOST_AWS_DIR: dirs.aws,
-      HOST_PROCESSED_DIR: dirs.processed,
-      HOST_VIZ_DIR: dirs.viz,
-      TRANSFORM_IMAGE: TEST_IMAGES.transform,
-      LOAD_IMAGE: TEST_IMAGES.load,
-      MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
-      TRAIN_IMAGE: TEST_IMAGES.train,
-      PULL_POLICY: 'never',
+      ...standInStageEnv(dirs),
       TRANSFORM_SCHEDULE: '0 0 1 1 *',
       HEALTH_PORT: '0',
       HEALTH_HOST: '127.0.0.1',

@@ -13,7 +13,7 @@ import type { QueuedIterator } from '@nats-io/nats-core';
 import { LABELS } from '../../shared/docker';
 import { ENV_FILES } from '../../shared/envfile';
 import { EVENTS_STREAM, LOCKS_BUCKET, ensureTopology } from '../../shared/nats';
-import { TEST_IMAGES } from '../fixtures/build-images';
+import { standInStageEnv } from '../fixtures/build-images';
 import { docker, isRunTerminal, uid, type EnvFileKey, type RecordedEvent } from './pipeline';
 import { spawnService, type ServiceProcess } from './service-process';
 
@@ -82,14 +82,7 @@ export class ClusterPipeline {
     }
     const env: Record<string, string> = {
       BRAIN_ENV_DIR: dirs.env,
-      HOST_AWS_DIR: dirs.aws,
-      HOST_PROCESSED_DIR: dirs.processed,
-      HOST_VIZ_DIR: dirs.viz,
-      TRANSFORM_IMAGE: TEST_IMAGES.transform,
-      LOAD_IMAGE: TEST_IMAGES.load,
-      MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
-      TRAIN_IMAGE: TEST_IMAGES.train,
-      PULL_POLICY: 'never',
+      ...standInStageEnv(dirs),
       HEALTH_PORT: '0',
       HEALTH_HOST: '127.0.0.1',
       LOG_LEVEL: 'info',

@@ -9,7 +9,7 @@ import { SERVICE_NAMES, loadConfig, type Config, type ServiceName } from '../../
 import { LABELS } from '../../shared/docker';
 import { ENV_FILES } from '../../shared/envfile';
 import { runServices, type RunningServices } from '../../cli/run';
-import { TEST_IMAGES } from '../fixtures/build-images';
+import { standInStageEnv } from '../fixtures/build-images';
 import { startNatsServer, type NatsServer } from './nats-server';
 
 export type EnvFileKey = keyof typeof ENV_FILES;
@@ -79,14 +79,7 @@ export class Pipeline {
     const env = {
       NATS_URL: nats.url,
       BRAIN_ENV_DIR: dirs.env,
-      HOST_AWS_DIR: dirs.aws,
-      HOST_PROCESSED_DIR: dirs.processed,
-      HOST_VIZ_DIR: dirs.viz,
-      TRANSFORM_IMAGE: TEST_IMAGES.transform,
-      LOAD_IMAGE: TEST_IMAGES.load,
-      MODEL_TRIGGER_IMAGE: TEST_IMAGES.modelTrigger,
-      TRAIN_IMAGE: TEST_IMAGES.train,
-      PULL_POLICY: 'never',
+      ...standInStageEnv(dirs),
       HEALTH_PORT: '0',
       HEALTH_HOST: '127.0.0.1',
       LOG_LEVEL: 'debug',

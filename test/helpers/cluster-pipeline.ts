@@ -3,7 +3,7 @@
  * child process, any number of replicas of each, an observer that reads the events stream with an
  * ordered consumer (so it misses nothing across a NATS node failure) and a watcher of the locks bucket.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -14,7 +14,8 @@ import { LABELS } from '../../shared/docker';
 import { ENV_FILES } from '../../shared/envfile';
 import { EVENTS_STREAM, LOCKS_BUCKET, ensureTopology } from '../../shared/nats';
 import { standInStageEnv } from '../fixtures/build-images';
-import { docker, isRunTerminal, uid, type EnvFileKey, type RecordedEvent } from './pipeline';
+import { docker, uid, type EnvFileKey } from './pipeline';
+import { EventLog, type RecordedEvent } from './event-log';
 import { spawnService, type ServiceProcess } from './service-process';
 
 export type StageService = 'transformer' | 'loader' | 'model-gate' | 'trainer';
@@ -38,9 +39,8 @@ export interface LockWrite {
   created: Date;
 }
 
-export class ClusterPipeline {
-  /** Every event in the events stream, in stream order. */
-  readonly events: (RecordedEvent & { seq: number })[] = [];
+/** Every event in the events stream, in stream order (`events`, from EventLog). */
+export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
   readonly lockWrites: LockWrite[] = [];
   /** Two different runs seen holding one lock at once (a put over an unexpired lease of another run). */
   readonly lockAnomalies: string[] = [];
@@ -48,7 +48,6 @@ export class ClusterPipeline {
   readonly processes = new Map<string, ServiceProcess>();
   /** Run ids handed out by `runId()`: their containers are removed on close. */
   readonly runIds: string[] = [];
-  private waiters: { pred: (e: RecordedEvent) => boolean; resolve: (e: RecordedEvent) => void }[] = [];
   private readonly held = new Map<string, LockWrite>();
   private readonly loops: Promise<void>[] = [];
   private messages: ConsumerMessages | undefined;
@@ -61,6 +60,7 @@ export class ClusterPipeline {
     readonly env: Record<string, string>,
     readonly natsUrls: string[],
   ) {
+    super(dirs.aws);
     this.js = jetstream(client);
   }
 
@@ -129,8 +129,7 @@ export class ClusterPipeline {
             data = { raw: m.string() };
           }
           const event = { subject: m.subject, data, seq: m.seq };
-          this.events.push(event);
-          this.waiters = this.waiters.filter((w) => (w.pred(event) ? (w.resolve(event), false) : true));
+          this.record(event);
         }
       })(),
     );
@@ -189,40 +188,6 @@ export class ClusterPipeline {
   /** A JetStream publish (acknowledged by the stream); with `msgId`, deduplicated by it. */
   async publish(subject: string, body: unknown, msgId?: string): Promise<void> {
     await this.js.publish(subject, JSON.stringify(body), msgId !== undefined ? { msgID: msgId, timeout: 10_000 } : { timeout: 10_000 });
-  }
-
-  waitFor(pred: (e: RecordedEvent) => boolean, timeoutMs = 30_000, what = 'event'): Promise<RecordedEvent> {
-    const seen = this.events.find(pred);
-    if (seen !== undefined) return Promise.resolve(seen);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w.resolve !== done);
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; saw:\n${this.events.map((e) => `${e.subject} ${JSON.stringify(e.data)}`).join('\n')}`));
-      }, timeoutMs);
-      const done = (e: RecordedEvent) => {
-        clearTimeout(timer);
-        resolve(e);
-      };
-      this.waiters.push({ pred, resolve: done });
-    });
-  }
-
-  waitForRunEnd(runId: string, timeoutMs?: number): Promise<RecordedEvent> {
-    return this.waitFor((e) => e.data.runId === runId && isRunTerminal(e), timeoutMs, `the end of run ${runId}`);
-  }
-
-  eventsOf(runId: string): RecordedEvent[] {
-    return this.events.filter((e) => e.data.runId === runId);
-  }
-
-  trail(runId: string): string[] {
-    return this.eventsOf(runId).map((e) => (e.data.outcome !== undefined ? `${e.subject} ${e.data.outcome}` : e.subject));
-  }
-
-  /** Lines the stand-in images recorded at each container start (`<name>-starts.log` in the AWS dir). */
-  starts(name: 'transform' | 'load' | 'train'): string[] {
-    const file = join(this.dirs.aws, `${name}-starts.log`);
-    return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter((l) => l !== '') : [];
   }
 
   /** Labelled containers of the given runs. */

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -11,13 +11,11 @@ import { ENV_FILES } from '../../shared/envfile';
 import { runServices, type RunningServices } from '../../cli/run';
 import { standInStageEnv } from '../fixtures/build-images';
 import { startNatsServer, type NatsServer } from './nats-server';
+import { EventLog, type RecordedEvent } from './event-log';
+
+export { isRunTerminal, type RecordedEvent } from './event-log';
 
 export type EnvFileKey = keyof typeof ENV_FILES;
-
-export interface RecordedEvent {
-  subject: string;
-  data: Record<string, unknown> & { runId?: string; outcome?: string };
-}
 
 export interface PipelineOptions {
   /** Configuration overrides (environment variables). */
@@ -34,19 +32,10 @@ export interface PipelineOptions {
 export const docker = new Docker();
 export const uid = (prefix = 'r') => `${prefix}${randomBytes(5).toString('hex')}`;
 
-/** A transform run is over when one of these arrives for it. */
-export function isRunTerminal(e: RecordedEvent): boolean {
-  if (e.subject === 'transform.done') return e.data.outcome !== 'new-data';
-  if (e.subject === 'load.done') return e.data.outcome === 'failed';
-  return e.subject === 'model.done';
-}
-
-export class Pipeline {
-  readonly events: RecordedEvent[] = [];
+export class Pipeline extends EventLog {
   readonly logLines: string[] = [];
   readonly logBatches: RecordedEvent[] = [];
   running: RunningServices | undefined;
-  private waiters: { pred: (e: RecordedEvent) => boolean; resolve: (e: RecordedEvent) => void }[] = [];
   private subs: Subscription[] = [];
 
   private constructor(
@@ -56,7 +45,9 @@ export class Pipeline {
     readonly env: Record<string, string>,
     readonly services: readonly ServiceName[],
     private readonly serviceDocker: Docker,
-  ) {}
+  ) {
+    super(dirs.aws);
+  }
 
   static async start(opts: PipelineOptions = {}): Promise<Pipeline> {
     const nats = await startNatsServer();
@@ -118,12 +109,7 @@ export class Pipeline {
             this.logBatches.push(event);
             return;
           }
-          this.events.push(event);
-          this.waiters = this.waiters.filter((w) => {
-            if (!w.pred(event)) return true;
-            w.resolve(event);
-            return false;
-          });
+          this.record(event);
         },
       });
       this.subs.push(sub);
@@ -150,46 +136,6 @@ export class Pipeline {
     const data = typeof body === 'string' || body instanceof Uint8Array ? body : JSON.stringify(body);
     this.client.publish(subject, data);
     await this.client.flush();
-  }
-
-  /** Resolves with the first recorded event (past or future) matching the predicate. */
-  waitFor(pred: (e: RecordedEvent) => boolean, timeoutMs = 30_000, what = 'event'): Promise<RecordedEvent> {
-    const seen = this.events.find(pred);
-    if (seen !== undefined) return Promise.resolve(seen);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w.resolve !== done);
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; saw:\n${this.events.map((e) => `${e.subject} ${JSON.stringify(e.data)}`).join('\n')}`));
-      }, timeoutMs);
-      const done = (e: RecordedEvent) => {
-        clearTimeout(timer);
-        resolve(e);
-      };
-      this.waiters.push({ pred, resolve: done });
-    });
-  }
-
-  waitForSubject(subject: string, runId: string, timeoutMs?: number): Promise<RecordedEvent> {
-    return this.waitFor((e) => e.subject === subject && e.data.runId === runId, timeoutMs, `${subject} of ${runId}`);
-  }
-
-  waitForRunEnd(runId: string, timeoutMs?: number): Promise<RecordedEvent> {
-    return this.waitFor((e) => e.data.runId === runId && isRunTerminal(e), timeoutMs, `the end of run ${runId}`);
-  }
-
-  eventsOf(runId: string): RecordedEvent[] {
-    return this.events.filter((e) => e.data.runId === runId);
-  }
-
-  /** `subject outcome` of a run's events, in order, for compact assertions. */
-  trail(runId: string): string[] {
-    return this.eventsOf(runId).map((e) => (e.data.outcome !== undefined ? `${e.subject} ${e.data.outcome}` : e.subject));
-  }
-
-  /** Run ids a stand-in image recorded at each container start (`<name>-starts.log` in the AWS dir). */
-  starts(name: 'transform' | 'load' | 'train'): string[] {
-    const file = join(this.dirs.aws, `${name}-starts.log`);
-    return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter((l) => l !== '') : [];
   }
 
   logLinesOf(runId: string, stage?: string): string[] {

@@ -7,10 +7,7 @@ export const ErrorCode = {
   ContainerCreate: 'CONTAINER_CREATE_FAILED',
   ContainerStart: 'CONTAINER_START_FAILED',
   ContainerGone: 'CONTAINER_GONE',
-  Timeout: 'STAGE_TIMEOUT',
   EnvFile: 'ENV_FILE_INVALID',
-  InvalidEvent: 'EVENT_INVALID',
-  LockLost: 'LOCK_LOST',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -37,16 +34,6 @@ export class StageError extends BrainError {
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'StageError';
-  }
-}
-
-export class InvalidEventError extends BrainError {
-  constructor(
-    readonly subject: string,
-    readonly detail: string,
-  ) {
-    super(ErrorCode.InvalidEvent, `invalid ${subject} event: ${detail}`);
-    this.name = 'InvalidEventError';
   }
 }
 

@@ -3,18 +3,16 @@
  * child process, any number of replicas of each, an observer that reads the events stream with an
  * ordered consumer (so it misses nothing across a NATS node failure) and a watcher of the locks bucket.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient } from '@nats-io/jetstream';
 import { Kvm, type KvWatchEntry } from '@nats-io/kv';
 import type { QueuedIterator } from '@nats-io/nats-core';
 import { LABELS } from '../../shared/docker';
-import { ENV_FILES } from '../../shared/envfile';
 import { EVENTS_STREAM, LOCKS_BUCKET, ensureTopology } from '../../shared/nats';
 import { standInStageEnv } from '../fixtures/build-images';
-import { docker, uid, type EnvFileKey } from './pipeline';
+import { docker, uid } from './pipeline';
+import { makeRunDirs, writeEnvFiles, type EnvFiles, type RunDirs } from './run-dirs';
 import { EventLog, type RecordedEvent } from './event-log';
 import { spawnService, type ServiceProcess } from './service-process';
 
@@ -26,7 +24,7 @@ export interface ClusterPipelineOptions {
   natsUrls: string[];
   /** Configuration overrides (environment variables) for every service. */
   env?: Record<string, string>;
-  envFiles?: Partial<Record<EnvFileKey, Record<string, string>>>;
+  envFiles?: EnvFiles;
 }
 
 /** One write to the locks bucket, as the watcher saw it. */
@@ -56,7 +54,7 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
 
   private constructor(
     readonly client: NatsConnection,
-    readonly dirs: { root: string; env: string; aws: string; processed: string; viz: string },
+    readonly dirs: RunDirs,
     readonly env: Record<string, string>,
     readonly natsUrls: string[],
   ) {
@@ -65,21 +63,8 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
   }
 
   static async start(opts: ClusterPipelineOptions): Promise<ClusterPipeline> {
-    const root = mkdtempSync(join(tmpdir(), 'brain-cluster-run-'));
-    const dirs = { root, env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
-    for (const dir of [dirs.env, dirs.aws, dirs.processed, dirs.viz]) mkdirSync(dir);
-    const envFiles: Record<EnvFileKey, Record<string, string>> = {
-      transform: { NEW_DATA: '1' },
-      loadProcessed: { TARGET: 'processed' },
-      loadViz: { TARGET: 'viz' },
-      modelTrigger: { MISMATCH: '1' },
-      train: {},
-      ...opts.envFiles,
-    };
-    for (const [key, values] of Object.entries(envFiles)) {
-      const text = Object.entries(values).map(([k, v]) => `${k}=${v.includes("'") ? JSON.stringify(v) : `'${v}'`}`).join('\n');
-      writeFileSync(join(dirs.env, ENV_FILES[key as EnvFileKey]), `${text}\n`);
-    }
+    const dirs = makeRunDirs('brain-cluster-run-');
+    writeEnvFiles(dirs.env, opts.envFiles);
     const env: Record<string, string> = {
       BRAIN_ENV_DIR: dirs.env,
       ...standInStageEnv(dirs),
@@ -102,7 +87,7 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
       return p;
     } catch (err) {
       await client?.close();
-      rmSync(root, { recursive: true, force: true });
+      rmSync(dirs.root, { recursive: true, force: true });
       throw err;
     }
   }

@@ -1,27 +1,25 @@
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import Docker from 'dockerode';
 import { SERVICE_NAMES, loadConfig, type Config, type ServiceName } from '../../shared/config';
 import { LABELS } from '../../shared/docker';
-import { ENV_FILES } from '../../shared/envfile';
 import { runServices, type RunningServices } from '../../cli/run';
 import { standInStageEnv } from '../fixtures/build-images';
 import { startNatsServer, type NatsServer } from './nats-server';
 import { EventLog, type RecordedEvent } from './event-log';
+import { makeRunDirs, writeEnvFiles, type EnvFiles, type RunDirs } from './run-dirs';
 
 export { isRunTerminal, type RecordedEvent } from './event-log';
 
-export type EnvFileKey = keyof typeof ENV_FILES;
+export type { EnvFileKey } from './run-dirs';
 
 export interface PipelineOptions {
   /** Configuration overrides (environment variables). */
   env?: Record<string, string>;
   /** Contents of each stage's env file. */
-  envFiles?: Partial<Record<EnvFileKey, Record<string, string>>>;
+  envFiles?: EnvFiles;
   services?: readonly ServiceName[];
   /** Docker client for the services (default: the local engine). */
   docker?: Docker;
@@ -41,7 +39,7 @@ export class Pipeline extends EventLog {
   private constructor(
     readonly nats: NatsServer,
     readonly client: NatsConnection,
-    readonly dirs: { root: string; env: string; aws: string; processed: string; viz: string },
+    readonly dirs: RunDirs,
     readonly env: Record<string, string>,
     readonly services: readonly ServiceName[],
     private readonly serviceDocker: Docker,
@@ -51,22 +49,8 @@ export class Pipeline extends EventLog {
 
   static async start(opts: PipelineOptions = {}): Promise<Pipeline> {
     const nats = await startNatsServer();
-    const root = mkdtempSync(join(tmpdir(), 'brain-run-'));
-    const dirs = { root, env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
-    for (const dir of [dirs.env, dirs.aws, dirs.processed, dirs.viz]) mkdirSync(dir);
-    const envFiles: Record<EnvFileKey, Record<string, string>> = {
-      transform: { NEW_DATA: '1' },
-      loadProcessed: { TARGET: 'processed' },
-      loadViz: { TARGET: 'viz' },
-      modelTrigger: { MISMATCH: '1' },
-      train: {},
-      ...opts.envFiles,
-    };
-    for (const [key, values] of Object.entries(envFiles)) {
-      // Single quotes keep a value literal in dotenv (double quotes would keep backslash escapes as typed).
-      const text = Object.entries(values).map(([k, v]) => `${k}=${v.includes("'") ? JSON.stringify(v) : `'${v}'`}`).join('\n');
-      writeFileSync(join(dirs.env, ENV_FILES[key as EnvFileKey]), `${text}\n`);
-    }
+    const dirs = makeRunDirs('brain-run-');
+    writeEnvFiles(dirs.env, opts.envFiles);
     const env = {
       NATS_URL: nats.url,
       BRAIN_ENV_DIR: dirs.env,

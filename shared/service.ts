@@ -1,6 +1,6 @@
-import type { EventBus } from './bus';
+import type { EventBus, Handler, Subscription } from './bus';
 import type { Config, ServiceName } from './config';
-import type { Stage } from './events';
+import type { EventSubject, Stage } from './events';
 import { ErrorCode, StageError } from './errors';
 import type { ContainerRunner } from './docker';
 import type { Locks } from './lock';
@@ -48,4 +48,18 @@ export function hostDirs(config: Config, service: string): { aws: string; proces
     throw new StageError(ErrorCode.Config, `the ${service} needs HOST_AWS_DIR, HOST_PROCESSED_DIR and HOST_VIZ_DIR`);
   }
   return { aws, processed, viz };
+}
+
+/** A service that handles one subject through its durable consumer. */
+export function consumerService<S extends EventSubject>(bus: EventBus, name: string, durable: string, subject: S, handle: Handler<S>): Service {
+  let subscription: Subscription | undefined;
+  return {
+    name,
+    async start() {
+      subscription = await bus.consume(durable, subject, handle);
+    },
+    async stop() {
+      await subscription?.stop();
+    },
+  };
 }

@@ -3,8 +3,8 @@ import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventMap, type LoadDoneEvent, type Stage } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
 import { failureOf, runContainerStage } from '../../shared/stage';
-import { msgIdFor, hostDirs, type Service, type ServiceDeps } from '../../shared/service';
-import type { HandlerContext, HandlerResult, Subscription } from '../../shared/bus';
+import { msgIdFor, hostDirs, consumerService, type Service, type ServiceDeps } from '../../shared/service';
+import type { HandlerContext, HandlerResult } from '../../shared/bus';
 
 type LoadTarget = 'processed' | 'viz';
 type LoadReport = LoadDoneEvent['loads'][number] & { error?: string; handedBack?: boolean };
@@ -15,7 +15,6 @@ type LoadReport = LoadDoneEvent['loads'][number] & { error?: string; handedBack?
  */
 export function createLoader(deps: ServiceDeps): Service {
   const { config, bus, locks, runner, logger } = deps;
-  let subscription: Subscription | undefined;
   const { aws, processed, viz } = hostDirs(config, 'loader');
   const targets: Record<LoadTarget, { stage: Stage; source: string; envFile: string }> = {
     processed: { stage: 'load-processed', source: processed, envFile: ENV_FILES.loadProcessed },
@@ -95,13 +94,5 @@ export function createLoader(deps: ServiceDeps): Service {
     return 'done';
   }
 
-  return {
-    name: 'loader',
-    async start() {
-      subscription = await bus.consume(CONSUMERS.loader.durable, Subjects.dataNew, handle);
-    },
-    async stop() {
-      await subscription?.stop();
-    },
-  };
+  return consumerService(bus, 'loader', CONSUMERS.loader.durable, Subjects.dataNew, handle);
 }

@@ -3,9 +3,9 @@ import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type ModelDoneEvent, type TriggerEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
 import { failureOf, runContainerStage } from '../../shared/stage';
-import { generatedRunId, msgIdFor, type Service, type ServiceDeps } from '../../shared/service';
+import { generatedRunId, msgIdFor, consumerService, type Service, type ServiceDeps } from '../../shared/service';
 import type { Lease } from '../../shared/lock';
-import type { HandlerContext, HandlerResult, Subscription } from '../../shared/bus';
+import type { HandlerContext, HandlerResult } from '../../shared/bus';
 
 /**
  * On model.trigger (from the loader, or by hand), decides whether the model must be retrained:
@@ -14,7 +14,6 @@ import type { HandlerContext, HandlerResult, Subscription } from '../../shared/b
 export function createModelGate(deps: ServiceDeps): Service {
   const { config, bus, locks, runner, logger } = deps;
   const { flags } = config;
-  let subscription: Subscription | undefined;
 
   async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
     const runId = event.runId ?? generatedRunId('m', ctx);
@@ -92,13 +91,5 @@ export function createModelGate(deps: ServiceDeps): Service {
     return finish({ outcome: 'up-to-date', exitCode: result.exitCode });
   }
 
-  return {
-    name: 'model-gate',
-    async start() {
-      subscription = await bus.consume(CONSUMERS.modelGate.durable, Subjects.modelTrigger, handle);
-    },
-    async stop() {
-      await subscription?.stop();
-    },
-  };
+  return consumerService(bus, 'model-gate', CONSUMERS.modelGate.durable, Subjects.modelTrigger, handle);
 }

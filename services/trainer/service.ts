@@ -3,16 +3,14 @@ import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventMap, type ModelDoneEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
 import { failureOf, runContainerStage } from '../../shared/stage';
-import { msgIdFor, type Service, type ServiceDeps } from '../../shared/service';
-import type { HandlerContext, HandlerResult, Subscription } from '../../shared/bus';
+import { msgIdFor, consumerService, type Service, type ServiceDeps } from '../../shared/service';
+import type { HandlerContext, HandlerResult } from '../../shared/bus';
 
 /** On model.mismatch, runs the training container and ends the model run (and its transform run). */
 export function createTrainer(deps: ServiceDeps): Service {
   const { config, bus, locks, runner, logger } = deps;
-  let subscription: Subscription | undefined;
-  const { aws } = config.hostDirs;
-  if (aws === undefined) throw new StageError(ErrorCode.Config, 'the trainer needs HOST_AWS_DIR');
-  const awsDir: string = aws;
+  const awsDir = config.hostDirs.aws;
+  if (awsDir === undefined) throw new StageError(ErrorCode.Config, 'the trainer needs HOST_AWS_DIR');
 
   async function handle(event: EventMap['model.mismatch'], ctx: HandlerContext): Promise<HandlerResult> {
     const { runId } = event;
@@ -60,13 +58,5 @@ export function createTrainer(deps: ServiceDeps): Service {
     return finish(failure === undefined ? { outcome: 'trained', exitCode: result.exitCode } : { outcome: 'failed', exitCode: result.exitCode, error: failure });
   }
 
-  return {
-    name: 'trainer',
-    async start() {
-      subscription = await bus.consume(CONSUMERS.trainer.durable, Subjects.modelMismatch, handle);
-    },
-    async stop() {
-      await subscription?.stop();
-    },
-  };
+  return consumerService(bus, 'trainer', CONSUMERS.trainer.durable, Subjects.modelMismatch, handle);
 }

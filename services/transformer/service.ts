@@ -3,8 +3,8 @@ import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventBody, type TriggerEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
 import { failureOf, runContainerStage } from '../../shared/stage';
-import { generatedRunId, msgIdFor, hostDirs, type Service, type ServiceDeps } from '../../shared/service';
-import type { HandlerContext, HandlerResult, Subscription } from '../../shared/bus';
+import { generatedRunId, msgIdFor, hostDirs, consumerService, type Service, type ServiceDeps } from '../../shared/service';
+import type { HandlerContext, HandlerResult } from '../../shared/bus';
 
 /**
  * Runs the transform container on each transform.trigger. The transform lock it takes spans the
@@ -12,7 +12,6 @@ import type { HandlerContext, HandlerResult, Subscription } from '../../shared/b
  */
 export function createTransformer(deps: ServiceDeps): Service {
   const { config, bus, locks, runner, logger } = deps;
-  let subscription: Subscription | undefined;
   const { aws, processed, viz } = hostDirs(config, 'transformer');
 
   async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
@@ -82,13 +81,5 @@ export function createTransformer(deps: ServiceDeps): Service {
     return 'done';
   }
 
-  return {
-    name: 'transformer',
-    async start() {
-      subscription = await bus.consume(CONSUMERS.transformer.durable, Subjects.transformTrigger, handle);
-    },
-    async stop() {
-      await subscription?.stop();
-    },
-  };
+  return consumerService(bus, 'transformer', CONSUMERS.transformer.durable, Subjects.transformTrigger, handle);
 }

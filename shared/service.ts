@@ -41,6 +41,13 @@ export const generatedRunId = (prefix: string, ctx: { streamSequence: number; st
 /** Message id for an event of a run, so a retried publish is dropped by the stream's duplicate window. */
 export const msgIdFor = (runId: string, subject: string) => `${runId}:${subject}`;
 
+/** The host AWS directory a service mounts; configuration validation guarantees it, this keeps the types honest. */
+export function awsDir(config: Config, service: string): string {
+  const { aws } = config.hostDirs;
+  if (aws === undefined) throw new StageError(ErrorCode.Config, `the ${service} needs HOST_AWS_DIR`);
+  return aws;
+}
+
 /** The host directories a service mounts; configuration validation guarantees them, this keeps the types honest. */
 export function hostDirs(config: Config, service: string): { aws: string; processed: string; viz: string } {
   const { aws, processed, viz } = config.hostDirs;

@@ -1,16 +1,15 @@
-import { ErrorCode, StageError, describeError } from '../../shared/errors';
+import { describeError } from '../../shared/errors';
 import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventMap, type ModelDoneEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
 import { failureOf, runContainerStage } from '../../shared/stage';
-import { msgIdFor, consumerService, type Service, type ServiceDeps } from '../../shared/service';
+import { awsDir, msgIdFor, consumerService, type Service, type ServiceDeps } from '../../shared/service';
 import type { HandlerContext, HandlerResult } from '../../shared/bus';
 
 /** On model.mismatch, runs the training container and ends the model run (and its transform run). */
 export function createTrainer(deps: ServiceDeps): Service {
   const { config, bus, locks, runner, logger } = deps;
-  const awsDir = config.hostDirs.aws;
-  if (awsDir === undefined) throw new StageError(ErrorCode.Config, 'the trainer needs HOST_AWS_DIR');
+  const aws = awsDir(config, 'trainer');
 
   async function handle(event: EventMap['model.mismatch'], ctx: HandlerContext): Promise<HandlerResult> {
     const { runId } = event;
@@ -37,7 +36,7 @@ export function createTrainer(deps: ServiceDeps): Service {
         image: config.images.train,
         envDir: config.envDir,
         envFile: ENV_FILES.train,
-        mounts: [{ source: awsDir, target: '/root/.aws' }],
+        mounts: [{ source: aws, target: '/root/.aws' }],
         ...(config.network !== undefined ? { network: config.network } : {}),
         timeoutMs: config.timeoutsMs.train,
         ...(config.memoryBytes.train !== undefined ? { memoryBytes: config.memoryBytes.train } : {}),

@@ -1,11 +1,10 @@
 /** Section 5: idle memory of each service process, and of the whole compose stack. */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { buildTestImages, standInStageEnv } from '../test/fixtures/build-images';
 import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from '../test/helpers/compose-images';
 import { BRAIN_TEST_IMAGE, ComposeProject, buildBrainImage } from '../test/helpers/compose';
+import { makeRunDirs } from '../test/helpers/run-dirs';
 import type { Stack } from './stack';
 import { exec, pssKb, sampleProc } from './util';
 
@@ -34,9 +33,7 @@ export async function composeFootprint(): Promise<Record<string, number>> {
   buildNodeBaseImage();
   buildNatsImage();
   await buildBrainImage();
-  const root = mkdtempSync(join(tmpdir(), 'brain-bench-compose-'));
-  const dirs = { env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
-  for (const dir of Object.values(dirs)) mkdirSync(dir);
+  const dirs = makeRunDirs('brain-bench-compose-');
   const password = () => `p${randomBytes(12).toString('hex')}`;
   const project = new ComposeProject(`brainbench${randomBytes(4).toString('hex')}`, {
     BRAIN_IMAGE: BRAIN_TEST_IMAGE,
@@ -67,6 +64,6 @@ export async function composeFootprint(): Promise<Record<string, number>> {
     return out;
   } finally {
     await project.destroy([]);
-    rmSync(root, { recursive: true, force: true });
+    rmSync(dirs.root, { recursive: true, force: true });
   }
 }

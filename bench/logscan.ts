@@ -13,8 +13,8 @@ const LINE = 'INFO 2026-01-01T00:00:00Z etl: transformed batch of rows from the 
 const bigLog = (bytes: number) => `yes '${LINE}' | head -c ${bytes}; echo; echo '${PHRASES.newData}'`;
 
 /**
- * A failed run is retried (twice at most) with a warning: a test suite running on the same Docker engine
- * sweeps labelled containers it does not know as orphans, and a container killed that way measures nothing.
+ * A failed run is retried (twice at most) with a warning: a container killed from outside (by the host's
+ * OOM killer, say) measures nothing.
  */
 async function serviceRunRetried(stack: Stack): Promise<number> {
   for (let attempt = 1; ; attempt++) {

@@ -1,17 +1,15 @@
 /** The pipeline under test: a real nats-server, the four Docker services as child processes, and an observer. */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import type { ServiceName } from '../shared/config';
-import { ENV_FILES } from '../shared/envfile';
 import { standInStageEnv } from '../test/fixtures/build-images';
 import { startNatsServer, type NatsServer } from '../test/helpers/nats-server';
+import { makeRunDirs, writeEnvFiles, type EnvFileKey } from '../test/helpers/run-dirs';
 import { RUN_PREFIX, startChildService, type ChildService } from './util';
 
-export type EnvFileKey = keyof typeof ENV_FILES;
-export type EnvFiles = Record<EnvFileKey, Record<string, string>>;
+export type { EnvFileKey };
+type EnvFiles = Record<EnvFileKey, Record<string, string>>;
 
 export const PHRASES = { newData: 'New data was transformed', mismatch: 'File counts differ between the dataset commit and master.' };
 
@@ -46,9 +44,7 @@ export class Stack {
 
   static async start(): Promise<Stack> {
     const nats = await startNatsServer();
-    const root = mkdtempSync(join(tmpdir(), 'brain-bench-'));
-    const dirs = { env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
-    for (const dir of Object.values(dirs)) mkdirSync(dir);
+    const dirs = makeRunDirs('brain-bench-');
     const env = {
       NATS_URL: nats.url,
       BRAIN_ENV_DIR: dirs.env,
@@ -57,7 +53,7 @@ export class Stack {
       TRANSFORM_SCHEDULE: '0 0 1 1 *',
     };
     const client = await connect({ servers: nats.url, name: 'bench-observer' });
-    const stack = new Stack(nats, client, root, env);
+    const stack = new Stack(nats, client, dirs.root, env);
     stack.writeEnvFiles(NO_OP_CHAIN);
     for (const subject of ['transform.done', 'load.done', 'model.done', 'rejected.>']) {
       client.subscribe(subject, {
@@ -81,10 +77,7 @@ export class Stack {
 
   /** Env files are read at each stage start, so they can change between runs without a restart. */
   writeEnvFiles(files: EnvFiles): void {
-    for (const [key, values] of Object.entries(files)) {
-      const text = Object.entries(values).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join('\n');
-      writeFileSync(join(this.env.BRAIN_ENV_DIR as string, ENV_FILES[key as EnvFileKey]), `${text}\n`);
-    }
+    writeEnvFiles(this.env.BRAIN_ENV_DIR as string, files);
   }
 
   async startServices(names: readonly ServiceName[], nodeArgs: readonly string[] = []): Promise<void> {

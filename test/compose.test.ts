@@ -4,8 +4,7 @@
  */
 import t from 'tap';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
@@ -15,6 +14,7 @@ import { buildTestImages, standInStageEnv } from './fixtures/build-images';
 import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from './helpers/compose-images';
 import { BRAIN_TEST_IMAGE, ComposeProject, REPO_ROOT, buildBrainImage } from './helpers/compose';
 import { uid } from './helpers/pipeline';
+import { makeRunDirs } from './helpers/run-dirs';
 
 const DOCKER_SERVICES = ['transformer', 'loader', 'model-gate', 'trainer'];
 
@@ -33,9 +33,8 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
   buildNatsImage();
   await buildBrainImage();
 
-  const root = mkdtempSync(join(tmpdir(), 'brain-compose-'));
-  const dirs = { env: join(root, 'env'), aws: join(root, 'aws'), processed: join(root, 'processed'), viz: join(root, 'viz') };
-  for (const dir of Object.values(dirs)) mkdirSync(dir);
+  const dirs = makeRunDirs('brain-compose-');
+  const { root } = dirs;
   const envFiles: Record<keyof typeof ENV_FILES, string> = {
     transform: 'NEW_DATA=1\n',
     loadProcessed: 'TARGET=processed\n',

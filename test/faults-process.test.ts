@@ -4,33 +4,14 @@ import { spawnService } from './helpers/service-process';
 
 const others = ['loader', 'model-gate', 'trainer'] as const;
 
-t.test('kill -9 of the transformer mid-container: the restarted service adopts the container', async (t) => {
-  const p = await Pipeline.start({ env: { ACK_WAIT: '2', LOCK_TTL: '6' }, envFiles: { transform: { NEW_DATA: '1', SLEEP: '4' } }, services: others });
-  t.teardown(() => p.close());
-  const env = { ...p.env, HEALTH_PORT: '0' };
-  const first = spawnService(['service', 'transformer'], env);
-  t.teardown(() => first.signal('SIGKILL'));
-  await first.waitForLog(/services started/);
-  const runId = uid();
-  await p.publish('transform.trigger', { runId });
-  await waitForContainer(runId, 'transform');
-  first.signal('SIGKILL');
-  await first.exited;
-  const second = spawnService(['service', 'transformer'], env);
-  t.teardown(async () => {
-    second.signal('SIGTERM');
-    await second.exited;
-  });
-  const end = await p.waitForRunEnd(runId, 40_000);
-  t.equal(end.data.outcome, 'trained');
-  t.same(p.trail(runId).slice(0, 3), ['transform.trigger', 'transform.done new-data', 'data.new']);
-  t.same(p.starts('transform'), [runId], 'no second transform container');
-  t.ok(second.output.some((l) => l.includes('adopting existing container')), 'the new process adopted it');
-  t.same(await p.containers(runId), []);
-});
+type Teardown = { teardown(fn: () => unknown): void };
 
-t.test('kill -9 mid-container, container gone by restart: the stage fails with a clear error', async (t) => {
-  const p = await Pipeline.start({ env: { ACK_WAIT: '2', LOCK_TTL: '6' }, envFiles: { transform: { NEW_DATA: '1', SLEEP: '30' } }, services: others });
+/**
+ * Runs the transformer as a child process, triggers a run and kills the transformer with -9 while the
+ * run's transform container runs. `restart` starts a fresh transformer (stopped at teardown).
+ */
+async function killTransformerMidContainer(t: Teardown, transform: Record<string, string>) {
+  const p = await Pipeline.start({ env: { ACK_WAIT: '2', LOCK_TTL: '6' }, envFiles: { transform }, services: others });
   t.teardown(() => p.close());
   const env = { ...p.env, HEALTH_PORT: '0' };
   const first = spawnService(['service', 'transformer'], env);
@@ -41,12 +22,32 @@ t.test('kill -9 mid-container, container gone by restart: the stage fails with a
   const container = await waitForContainer(runId, 'transform');
   first.signal('SIGKILL');
   await first.exited;
+  const restart = () => {
+    const second = spawnService(['service', 'transformer'], env);
+    t.teardown(async () => {
+      second.signal('SIGTERM');
+      await second.exited;
+    });
+    return second;
+  };
+  return { p, runId, container, restart };
+}
+
+t.test('kill -9 of the transformer mid-container: the restarted service adopts the container', async (t) => {
+  const { p, runId, restart } = await killTransformerMidContainer(t, { NEW_DATA: '1', SLEEP: '4' });
+  const second = restart();
+  const end = await p.waitForRunEnd(runId, 40_000);
+  t.equal(end.data.outcome, 'trained');
+  t.same(p.trail(runId).slice(0, 3), ['transform.trigger', 'transform.done new-data', 'data.new']);
+  t.same(p.starts('transform'), [runId], 'no second transform container');
+  t.ok(second.output.some((l) => l.includes('adopting existing container')), 'the new process adopted it');
+  t.same(await p.containers(runId), []);
+});
+
+t.test('kill -9 mid-container, container gone by restart: the stage fails with a clear error', async (t) => {
+  const { p, runId, container, restart } = await killTransformerMidContainer(t, { NEW_DATA: '1', SLEEP: '30' });
   await docker.getContainer(container.Id).remove({ force: true });
-  const second = spawnService(['service', 'transformer'], env);
-  t.teardown(async () => {
-    second.signal('SIGTERM');
-    await second.exited;
-  });
+  restart();
   const end = await p.waitForRunEnd(runId, 40_000);
   t.equal(end.subject, 'transform.done');
   t.equal(end.data.outcome, 'failed');

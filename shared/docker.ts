@@ -1,5 +1,5 @@
 import Docker from 'dockerode';
-import type { Container } from 'dockerode';
+import type { Container, ContainerInspectInfo } from 'dockerode';
 import { ErrorCode, StageError, describeError } from './errors';
 import { FrameDemuxer, StreamScanner, createMasker, type StreamName } from './lines';
 import type { Stage } from './events';
@@ -76,6 +76,7 @@ export interface RunnerDeps {
 export const containerName = (stage: Stage, runId: string) => `brain-${stage}-${runId}`;
 
 const STATUS = (err: unknown): number | undefined => (err as { statusCode?: number }).statusCode;
+const isMissingImage = (err: unknown) => STATUS(err) === 404 && /no such image/i.test(describeError(err));
 
 function isDockerDown(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException).code;
@@ -103,16 +104,6 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
   const { docker, logger } = deps;
   const stopGrace = deps.stopGraceSeconds ?? 10;
 
-  async function imageExists(image: string): Promise<boolean> {
-    try {
-      await docker.getImage(image).inspect();
-      return true;
-    } catch (err) {
-      if (STATUS(err) === 404) return false;
-      throw stageError(`inspect image ${image}`, err, ErrorCode.ImageNotFound);
-    }
-  }
-
   async function pull(image: string): Promise<void> {
     try {
       const stream = await docker.pull(image);
@@ -130,15 +121,6 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     } catch (err) {
       throw stageError(`pull image ${image}`, err, ErrorCode.PullFailed);
     }
-  }
-
-  async function ensureImage(image: string): Promise<void> {
-    if (deps.pullPolicy === 'always') return pull(image);
-    if (await imageExists(image)) return;
-    if (deps.pullPolicy === 'never') {
-      throw new StageError(ErrorCode.ImageNotFound, `image ${image} is not present and PULL_POLICY=never forbids pulling it`);
-    }
-    return pull(image);
   }
 
   async function inspectOrNull(container: Container) {
@@ -160,6 +142,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     }
   }
 
+  /** Creates the container; Docker's 404 (no such image) and 409 (name taken) are left to the caller. */
   async function create(spec: StageSpec, name: string): Promise<Container> {
     const env = Object.entries(spec.env).map(([k, v]) => `${k}=${v}`);
     env.push(`BRAIN_RUN_ID=${spec.runId}`, `BRAIN_STAGE=${spec.stage}`);
@@ -186,9 +169,56 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
         },
       });
     } catch (err) {
-      if (STATUS(err) === 409) throw err; // name taken: handled by the caller
-      if (STATUS(err) === 404) throw new StageError(ErrorCode.ImageNotFound, `image ${spec.image} not found`, { cause: err });
+      if (STATUS(err) === 409 || isMissingImage(err)) throw err;
       throw stageError(`create the ${spec.stage} container`, err, ErrorCode.ContainerCreate);
+    }
+  }
+
+  /** This run's container of the stage when it exists and was started; one created but never started is removed. */
+  async function startedContainer(name: string): Promise<{ container: Container; existing: ContainerInspectInfo } | null> {
+    const container = docker.getContainer(name);
+    const existing = await inspectOrNull(container);
+    if (existing === null) return null;
+    if (existing.State.Status !== 'created') return { container, existing };
+    await remove(name); // created but never started: start afresh
+    return null;
+  }
+
+  /**
+   * The stage's container: created, or the one this run already has (a redelivered or resumed run).
+   * Creation is tried first, so the usual case costs one Docker call: a missing image (404) is pulled
+   * as PULL_POLICY allows, and an existing name (409) is adopted.
+   */
+  async function createOrAdopt(spec: StageSpec, name: string): Promise<{ container: Container; existing: ContainerInspectInfo | null }> {
+    if (spec.resume === true || deps.pullPolicy === 'always') {
+      const found = await startedContainer(name);
+      if (found !== null) return found;
+      if (spec.resume === true) {
+        throw new StageError(
+          ErrorCode.ContainerGone,
+          `the ${spec.stage} container of run ${spec.runId} was started before the service restarted and no longer exists; its outcome is unknown`,
+        );
+      }
+      await pull(spec.image);
+    }
+    let pulled = deps.pullPolicy === 'always';
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return { container: await create(spec, name), existing: null };
+      } catch (err) {
+        if (attempt >= 3) throw stageError(`create the ${spec.stage} container`, err, ErrorCode.ContainerCreate);
+        if (!isMissingImage(err)) {
+          const found = await startedContainer(name); // 409: the name is taken
+          if (found !== null) return found;
+          continue;
+        }
+        if (deps.pullPolicy === 'never') {
+          throw new StageError(ErrorCode.ImageNotFound, `image ${spec.image} is not present and PULL_POLICY=never forbids pulling it`, { cause: err });
+        }
+        if (pulled) throw new StageError(ErrorCode.ImageNotFound, `image ${spec.image} not found`, { cause: err });
+        await pull(spec.image);
+        pulled = true;
+      }
     }
   }
 
@@ -205,6 +235,18 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     await forward('stderr', scanners.stderr.end());
   }
 
+  /** Attaches (before the start, so no early line is lost) and starts a created container. */
+  async function attachAndStart(container: Container, spec: StageSpec, name: string): Promise<NodeJS.ReadableStream> {
+    try {
+      const stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadableStream;
+      await container.start();
+      return stream;
+    } catch (err) {
+      await remove(name).catch(() => undefined);
+      throw stageError(`start the ${spec.stage} container`, err, ErrorCode.ContainerStart);
+    }
+  }
+
   async function run(spec: StageSpec): Promise<StageResult> {
     const started = Date.now();
     const name = containerName(spec.stage, spec.runId);
@@ -212,35 +254,11 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     const masker = createMasker(Object.values(spec.env));
     const scanners = { stdout: new StreamScanner(spec.phrase, masker), stderr: new StreamScanner(spec.phrase, masker) };
 
-    let container = docker.getContainer(name);
-    let existing = await inspectOrNull(container);
-    if (existing !== null && !existing.State.Running && existing.State.Status === 'created') {
-      await remove(name); // created but never started: start afresh
-      existing = null;
-    }
+    const { container, existing } = await createOrAdopt(spec, name);
     const adopted = existing !== null;
-    if (!adopted && spec.resume === true) {
-      throw new StageError(
-        ErrorCode.ContainerGone,
-        `the ${spec.stage} container of run ${spec.runId} was started before the service restarted and no longer exists; its outcome is unknown`,
-      );
-    }
     let stream: NodeJS.ReadableStream;
     if (existing === null) {
-      await ensureImage(spec.image);
-      try {
-        container = await create(spec, name);
-      } catch (err) {
-        if (STATUS(err) !== 409) throw err;
-        throw new StageError(ErrorCode.ContainerCreate, `container ${name} already exists: another worker runs this stage`, { cause: err });
-      }
-      try {
-        stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadableStream;
-        await container.start();
-      } catch (err) {
-        await remove(name).catch(() => undefined);
-        throw stageError(`start the ${spec.stage} container`, err, ErrorCode.ContainerStart);
-      }
+      stream = await attachAndStart(container, spec, name);
       deps.onContainerStart?.(spec.stage);
       log.info({ image: spec.image }, 'container started');
     } else {

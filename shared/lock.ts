@@ -208,10 +208,11 @@ export function createLocks(deps: LocksDeps): Locks {
     }
   }
 
-  async function adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null> {
+  /** `seen`: the lock as the caller has just read it, which saves the first read. */
+  async function takeOver(key: LockKey, runId: string, stage: string, seen?: LockInfo): Promise<Lease | null> {
     // A few tries: the previous holder's last refresh may land between our read and our write.
     for (let attempt = 0; attempt < 3; attempt++) {
-      const current = await read(key);
+      const current = attempt === 0 && seen !== undefined ? seen : await read(key);
       if (current?.value?.runId !== runId) return null;
       const holding = { runId, stage, trigger: current.value.trigger, acquiredAt: current.value.acquiredAt };
       const taken = await write(key, holding, current.revision, current.value.stage === stage);
@@ -233,10 +234,12 @@ export function createLocks(deps: LocksDeps): Locks {
       const sameRun =
         current.value?.runId === runId &&
         (opts.trigger === undefined || (current.value.trigger === opts.trigger && current.value.stage === stage));
-      return sameRun ? adopt(key, runId, stage) : null;
+      return sameRun ? takeOver(key, runId, stage, current) : null;
     }
     return null;
   }
+
+  const adopt = (key: LockKey, runId: string, stage: string) => takeOver(key, runId, stage);
 
   return { acquire, adopt, read };
 }

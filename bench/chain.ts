@@ -2,10 +2,11 @@
  * Sections 1 and 2: the new-data chain of no-op containers through the services, against a shell
  * script doing the same `docker run`s in the same order, with Docker's own start/die events for the hops.
  */
+import Docker from 'dockerode';
 import { LABELS, containerName } from '../shared/docker';
 import type { Stage } from '../shared/events';
 import { TEST_IMAGES } from '../test/fixtures/build-images';
-import { NO_OP_CHAIN, PHRASES, newRunId, type EnvFileKey, type Stack } from './stack';
+import { NO_OP_CHAIN, PHRASES, newRunId, type EnvFileKey, type Observed, type Stack } from './stack';
 import { BASELINE_LABEL, RUN_PREFIX, recordDockerEvents, timeShell, type DockerEvent } from './util';
 
 const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
@@ -26,17 +27,80 @@ function dockerRun(stage: Stage, envFile: EnvFileKey, image: string, runId: stri
   ].join(' ');
 }
 
-export function baselineChainScript(stack: Stack, runId: string): string {
+interface StageRun {
+  stage: Stage;
+  envFile: EnvFileKey;
+  image: string;
+  mounts: [string, string][];
+}
+
+/** The chain's stages as the services run them: image, env file and bind mounts. */
+function chainStages(stack: Stack): Record<'transform' | 'loadProcessed' | 'loadViz' | 'gate' | 'train', StageRun> {
   const { aws, processed, viz } = stack.dirs;
+  return {
+    transform: { stage: 'transform', envFile: 'transform', image: TEST_IMAGES.transform, mounts: [[aws, '/app/.aws'], [processed, '/app/processed'], [viz, '/app/viz']] },
+    loadProcessed: { stage: 'load-processed', envFile: 'loadProcessed', image: TEST_IMAGES.load, mounts: [[processed, '/app/collect_point'], [aws, '/root/.aws']] },
+    loadViz: { stage: 'load-viz', envFile: 'loadViz', image: TEST_IMAGES.load, mounts: [[viz, '/app/collect_point'], [aws, '/root/.aws']] },
+    gate: { stage: 'model-trigger', envFile: 'modelTrigger', image: TEST_IMAGES.modelTrigger, mounts: [] },
+    train: { stage: 'train', envFile: 'train', image: TEST_IMAGES.train, mounts: [[aws, '/root/.aws']] },
+  };
+}
+
+export function baselineChainScript(stack: Stack, runId: string): string {
+  const s = chainStages(stack);
+  const run = (r: StageRun) => dockerRun(r.stage, r.envFile, r.image, runId, r.mounts);
   return [
     'set -o pipefail',
-    `${dockerRun('transform', 'transform', TEST_IMAGES.transform, runId, [[aws, '/app/.aws'], [processed, '/app/processed'], [viz, '/app/viz']])} | grep -F ${q(PHRASES.newData)} > /dev/null || exit 1`,
-    `${dockerRun('load-processed', 'loadProcessed', TEST_IMAGES.load, runId, [[processed, '/app/collect_point'], [aws, '/root/.aws']])} > /dev/null & p1=$!`,
-    `${dockerRun('load-viz', 'loadViz', TEST_IMAGES.load, runId, [[viz, '/app/collect_point'], [aws, '/root/.aws']])} > /dev/null & p2=$!`,
+    `${run(s.transform)} | grep -F ${q(PHRASES.newData)} > /dev/null || exit 1`,
+    `${run(s.loadProcessed)} > /dev/null & p1=$!`,
+    `${run(s.loadViz)} > /dev/null & p2=$!`,
     'wait $p1 && wait $p2 || exit 1',
-    `${dockerRun('model-trigger', 'modelTrigger', TEST_IMAGES.modelTrigger, runId, [])} | grep -F ${q(PHRASES.mismatch)} > /dev/null || exit 1`,
-    `${dockerRun('train', 'train', TEST_IMAGES.train, runId, [[aws, '/root/.aws']])} > /dev/null`,
+    `${run(s.gate)} | grep -F ${q(PHRASES.mismatch)} > /dev/null || exit 1`,
+    `${run(s.train)} > /dev/null`,
   ].join('\n');
+}
+
+const docker = new Docker();
+const [baselineLabelKey, baselineLabelValue] = BASELINE_LABEL.split('=') as [string, string];
+
+/**
+ * One stage through the Docker API and nothing else, the least any orchestrator does: create, attach,
+ * start, read the output to its end, wait, remove. Resolves with the output (frames and all).
+ */
+async function apiStage(r: StageRun, runId: string): Promise<string> {
+  const env = { ...NO_OP_CHAIN[r.envFile], BRAIN_RUN_ID: runId, BRAIN_STAGE: r.stage };
+  const container = await docker.createContainer({
+    name: containerName(r.stage, runId),
+    Image: r.image,
+    Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+    AttachStdout: true,
+    AttachStderr: true,
+    Labels: { [baselineLabelKey]: baselineLabelValue, [LABELS.stage]: r.stage, [LABELS.runId]: runId },
+    HostConfig: { Mounts: r.mounts.map(([Source, Target]) => ({ Type: 'bind' as const, Source, Target })) },
+  });
+  const stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadableStream;
+  const chunks: Buffer[] = [];
+  const ended = new Promise<void>((resolve, reject) => {
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', resolve);
+    stream.on('error', reject);
+  });
+  await container.start();
+  await ended;
+  await container.wait();
+  await container.remove();
+  return Buffer.concat(chunks).toString();
+}
+
+/** The chain through the Docker API alone (no NATS, no locks, no CLI): the floor the services stand on. */
+async function apiChain(stack: Stack, runId: string): Promise<number> {
+  const s = chainStages(stack);
+  const t0 = performance.now();
+  if (!(await apiStage(s.transform, runId)).includes(PHRASES.newData)) throw new Error('API chain: no new data');
+  await Promise.all([apiStage(s.loadProcessed, runId), apiStage(s.loadViz, runId)]);
+  if (!(await apiStage(s.gate, runId)).includes(PHRASES.mismatch)) throw new Error('API chain: no mismatch');
+  await apiStage(s.train, runId);
+  return performance.now() - t0;
 }
 
 type Action = DockerEvent['action'];
@@ -68,13 +132,13 @@ function withinContainers(events: readonly DockerEvent[], runId: string, from: A
   return stages.map((stage) => eventAt(events, runId, to, stage) - eventAt(events, runId, from, stage));
 }
 
-/** Where a hop's time goes, for the service's runs or the script's. */
+/** Where a hop's time goes, for the service's runs or a baseline's. */
 export interface HopParts {
   /** Exit to the next container's start: the hop. */
   dieToStart: number[];
-  /** A container's exit to its removal: Docker's cleanup, then (service) wait, inspect and remove. */
+  /** A container's exit to its removal: Docker's cleanup, then wait, inspect and remove. */
   dieToDestroy: number[];
-  /** Removal to the next container's creation: events, lock and create (service), or CLI exit and start (script). */
+  /** Removal to the next container's creation: events, lock and create (service), CLI exit and start (script), create (API). */
   destroyToCreate: number[];
   /** Docker's own create→start. */
   createToStart: number[];
@@ -91,21 +155,52 @@ function hopParts(events: readonly DockerEvent[], runIds: readonly string[]): Ho
   return parts;
 }
 
-export interface ChainResult {
-  serviceMs: number[];
-  baselineMs: number[];
-  serviceHops: HopParts;
-  baselineHops: HopParts;
+/** The events that hand a run from one stage's service to the next, with the stages on either side. */
+const HAND_OFFS: { subject: string; from: Stage[]; to: Stage[] }[] = [
+  { subject: 'data.new', from: ['transform'], to: ['load-processed', 'load-viz'] },
+  { subject: 'model.trigger', from: ['load-processed', 'load-viz'], to: ['model-trigger'] },
+  { subject: 'model.mismatch', from: ['model-trigger'], to: ['train'] },
+];
+export const HAND_OFF_SUBJECTS = HAND_OFFS.map((h) => h.subject);
+
+/** The services' side of a hop, split at the hand-off event as the observer received it. */
+export interface HandOffParts {
+  /** The previous container's removal to the hand-off event: lock, publish. */
+  destroyToHandOff: number[];
+  /** The hand-off event to the next container's creation: consume, lock, env file, Docker's create. */
+  handOffToCreate: number[];
 }
 
-/** Alternates a service run and a baseline run, `reps` times each, after one warm-up of each. */
+function handOffParts(events: readonly DockerEvent[], observed: readonly Observed[], runIds: readonly string[]): HandOffParts {
+  const parts: HandOffParts = { destroyToHandOff: [], handOffToCreate: [] };
+  for (const runId of runIds) {
+    for (const { subject, from, to } of HAND_OFFS) {
+      const event = observed.find((o) => o.subject === subject && o.data.runId === runId);
+      if (event === undefined) throw new Error(`no ${subject} observed for ${runId}`);
+      const handOffAt = performance.timeOrigin + event.at;
+      parts.destroyToHandOff.push(handOffAt - Math.max(...from.map((stage) => eventAt(events, runId, 'destroy', stage))));
+      for (const stage of to) parts.handOffToCreate.push(eventAt(events, runId, 'create', stage) - handOffAt);
+    }
+  }
+  return parts;
+}
+
+export interface ChainResult {
+  serviceMs: number[];
+  shellMs: number[];
+  apiMs: number[];
+  serviceHops: HopParts & HandOffParts;
+  shellHops: HopParts;
+  apiHops: HopParts;
+}
+
+/** Runs the chain through the services, the shell script and the bare Docker API in turn, `reps` times each, after one warm-up of each. */
 export async function benchChain(stack: Stack, reps: number): Promise<ChainResult> {
   stack.writeEnvFiles(NO_OP_CHAIN);
-  const serviceMs: number[] = [];
-  const baselineMs: number[] = [];
+  const times = { service: [] as number[], shell: [] as number[], api: [] as number[] };
   const recorder = await recordDockerEvents();
-  const serviceRuns: string[] = [];
-  const baselineRuns: string[] = [];
+  const handOffs = stack.record(HAND_OFF_SUBJECTS);
+  const runs = { service: [] as string[], shell: [] as string[], api: [] as string[] };
   try {
     for (let i = 0; i <= reps; i++) {
       const runId = newRunId();
@@ -115,15 +210,27 @@ export async function benchChain(stack: Stack, reps: number): Promise<ChainResul
       if (end.data.outcome !== 'trained') throw new Error(`chain ${runId} ended ${end.data.outcome}`);
       const shellRun = newRunId();
       const shellMs = await timeShell(baselineChainScript(stack, shellRun));
+      const apiRun = newRunId();
+      const apiMs = await apiChain(stack, apiRun);
       if (i === 0) continue; // warm-up
-      serviceMs.push(end.at - t0);
-      baselineMs.push(shellMs);
-      serviceRuns.push(runId);
-      baselineRuns.push(shellRun);
+      times.service.push(end.at - t0);
+      times.shell.push(shellMs);
+      times.api.push(apiMs);
+      runs.service.push(runId);
+      runs.shell.push(shellRun);
+      runs.api.push(apiRun);
     }
   } finally {
+    handOffs.stop();
     await recorder.stop();
   }
   const ours = recorder.events.filter((e) => e.runId.startsWith(RUN_PREFIX));
-  return { serviceMs, baselineMs, serviceHops: hopParts(ours, serviceRuns), baselineHops: hopParts(ours, baselineRuns) };
+  return {
+    serviceMs: times.service,
+    shellMs: times.shell,
+    apiMs: times.api,
+    serviceHops: { ...hopParts(ours, runs.service), ...handOffParts(ours, handOffs.events, runs.service) },
+    shellHops: hopParts(ours, runs.shell),
+    apiHops: hopParts(ours, runs.api),
+  };
 }

@@ -103,6 +103,19 @@ export class Stack {
     });
   }
 
+  /** Records every event on `subjects` (with its arrival time) until stopped. */
+  record(subjects: readonly string[]): { events: Observed[]; stop(): void } {
+    const events: Observed[] = [];
+    const subs = subjects.map((subject) =>
+      this.client.subscribe(subject, {
+        callback: (_err, msg) => {
+          events.push({ subject: msg.subject, data: msg.json(), at: performance.now() });
+        },
+      }),
+    );
+    return { events, stop: () => subs.forEach((s) => s.unsubscribe()) };
+  }
+
   /** Publishes transform.trigger like `brain trigger` does; resolves with performance.now() at the publish. */
   async trigger(runId: string): Promise<number> {
     const at = performance.now();

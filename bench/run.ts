@@ -4,12 +4,13 @@
  *
  *   BENCH_REPS=5  BENCH_LOG_MB=50  BENCH_MEM_MB=256  BENCH_EVENTS=500  BENCH_CONTENDERS=50
  *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=5  BENCH_COMPOSE=1
- *   BENCH_SECTIONS=chain,logs,memory,bus,footprint,load,compose  BENCH_CPU_PROF=<dir> (profiles the services)
+ *   BENCH_SECTIONS=chain,floor,logs,memory,bus,footprint,load,compose  BENCH_CPU_PROF=<dir> (profiles the services)
  */
 import { buildTestImages } from '../test/fixtures/build-images';
 import { SERVICE_NAMES } from '../shared/config';
 import { benchBus } from './bus';
 import { benchChain, type HopParts } from './chain';
+import { benchFloor } from './floor';
 import { composeFootprint, serviceMemory } from './footprint';
 import { benchLoad } from './load';
 import { benchLogMemory, benchLogScan } from './logscan';
@@ -26,7 +27,7 @@ const cfg = {
   lockRounds: envInt('BENCH_LOCK_ROUNDS', 20),
   triggers: envInt('BENCH_TRIGGERS', 1000),
   loadBatches: envInt('BENCH_LOAD_BATCHES', 5),
-  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,logs,memory,bus,footprint,load,compose').split(',').filter((s) => s !== '')),
+  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,floor,logs,memory,bus,footprint,load,compose').split(',').filter((s) => s !== '')),
   cpuProf: process.env.BENCH_CPU_PROF,
 };
 if (process.env.BENCH_COMPOSE === '0') cfg.sections.delete('compose');
@@ -41,6 +42,7 @@ interface Row {
 }
 const rows: Row[] = [];
 const ms = (x: number) => `${x.toFixed(1)} ms`;
+const p5095 = (xs: number[]) => `${ms(percentile(xs, 50))} / ${ms(percentile(xs, 95))}`;
 const mb = (kb: number) => `${(kb / 1024).toFixed(1)} MB`;
 function row(metric: string, ours: string, baseline: string, ratio: number | undefined, target: string, met?: boolean): void {
   rows.push({ metric, ours, baseline, ratio: ratio === undefined ? '' : `${ratio.toFixed(2)}x`, target, met });
@@ -90,17 +92,24 @@ async function pipelineSections(): Promise<void> {
         row(label, ms(o), `Docker API alone ${ms(a)}`, o / a, '');
         return [o, a] as const;
       };
-      const p50s = (xs: number[]) => `${ms(percentile(xs, 50))} / ${ms(percentile(xs, 95))}`;
       part('dieToDestroy', '2.  of which die→destroy p50 (Docker cleanup; wait, inspect, rm)');
       const [create, dockerCreate] = part('destroyToCreate', '2.  of which destroy→next create p50 (services: events, lock, create)');
-      row('2.    destroy→hand-off event p50 / p95 (lock, publish)', p50s(r.serviceHops.destroyToHandOff), '', undefined, '');
-      row('2.    hand-off event→next create p50 / p95 (consume, lock, env file, create)', p50s(r.serviceHops.handOffToCreate), '', undefined, '');
+      row('2.    destroy→hand-off event p50 / p95 (lock, publish)', p5095(r.serviceHops.destroyToHandOff), '', undefined, '');
+      row('2.    hand-off event→next create p50 / p95 (consume, lock, env file, create)', p5095(r.serviceHops.handOffToCreate), '', undefined, '');
       part('createToStart', '2.  of which create→start p50 (attach, Docker start)');
       row('2.  services’ own part of a hop p50 (destroy→create minus Docker API alone)', ms(create - dockerCreate), '', undefined, '');
       log(`   service hops: ${r.serviceHops.dieToStart.map((h) => h.toFixed(0)).join(' ')}`);
       log(`   shell hops:   ${r.shellHops.dieToStart.map((h) => h.toFixed(0)).join(' ')}`);
       log(`   API hops:     ${r.apiHops.dieToStart.map((h) => h.toFixed(0)).join(' ')}`);
       log(`   destroy→hand-off: ${r.serviceHops.destroyToHandOff.map((h) => h.toFixed(0)).join(' ')}; hand-off→create: ${r.serviceHops.handOffToCreate.map((h) => h.toFixed(0)).join(' ')}`);
+    }
+    if (cfg.sections.has('floor')) {
+      log(`2. floor: ${cfg.reps * 2} runs of each Docker-only probe`);
+      const floor = await benchFloor(cfg.reps * 2);
+      row('2. floor: Docker start of a created container, alone, p50 / p95', p5095(floor.startAlone), '', undefined, '');
+      const [atDie, afterWait] = [percentile(floor.startAtDie, 50), percentile(floor.startAfterWait, 50)];
+      row('2. floor: die→next created and started p50, at die', ms(atDie), `after wait and rm ${ms(afterWait)}`, atDie / afterWait, '');
+      log(`   at die: ${floor.startAtDie.map((h) => h.toFixed(0)).join(' ')}; after wait: ${floor.startAfterWait.map((h) => h.toFixed(0)).join(' ')}`);
     }
     if (cfg.sections.has('logs')) {
       log(`3. log scan: ${cfg.logBytes / MB} MB, ${cfg.reps} runs each`);

@@ -17,6 +17,8 @@ export interface FloorResult {
   startAtDie: number[];
   /** The same as the services do it: wait, remove, then create and start the next. */
   startAfterWait: number[];
+  /** Wait, then create and start the next while the first is removed. */
+  startAfterWaitRemoving: number[];
 }
 
 async function created(name: string, cmd: string[]) {
@@ -33,16 +35,21 @@ async function dieEvent(id: string): Promise<{ died: Promise<number>; close(): v
   return { died, close: () => abort.abort() };
 }
 
-/** One hop from a container that exits at once to the next no-op container, created and started at `die` or after `wait` and removal. */
-async function hop(startAt: 'die' | 'wait'): Promise<number> {
+/**
+ * One hop from a container that exits at once to the next no-op container, created and started at
+ * `die`, after `wait` (removing the first meanwhile), or after `wait` and the removal.
+ */
+async function hop(startAt: 'die' | 'wait' | 'removed'): Promise<number> {
   const first = await created(`brain-floor-${RUN_PREFIX}a`, ['true']);
   await docker.getContainer(`brain-floor-${RUN_PREFIX}b`).remove({ force: true }).catch(() => undefined);
   const watch = await dieEvent(first.id);
   try {
     await first.start();
     const diedAt = await watch.died;
-    const cleanup = first.wait().then(() => first.remove());
-    if (startAt === 'wait') await cleanup;
+    const waited = first.wait();
+    const cleanup = waited.then(() => first.remove());
+    if (startAt === 'wait') await waited;
+    if (startAt === 'removed') await cleanup;
     const next = await created(`brain-floor-${RUN_PREFIX}b`, ['true']);
     await next.start();
     const hopMs = performance.now() - diedAt;
@@ -54,7 +61,7 @@ async function hop(startAt: 'die' | 'wait'): Promise<number> {
 }
 
 export async function benchFloor(reps: number): Promise<FloorResult> {
-  const result: FloorResult = { startAlone: [], startAtDie: [], startAfterWait: [] };
+  const result: FloorResult = { startAlone: [], startAtDie: [], startAfterWait: [], startAfterWaitRemoving: [] };
   for (let i = 0; i <= reps; i++) {
     const alone = await created(`brain-floor-${RUN_PREFIX}b`, ['true']);
     const t0 = performance.now();
@@ -65,12 +72,15 @@ export async function benchFloor(reps: number): Promise<FloorResult> {
     await sleep(200);
     const atDie = await hop('die');
     await sleep(200);
-    const afterWait = await hop('wait');
+    const afterWait = await hop('removed');
+    await sleep(200);
+    const removing = await hop('wait');
     await sleep(200);
     if (i === 0) continue; // warm-up
     result.startAlone.push(startMs);
     result.startAtDie.push(atDie);
     result.startAfterWait.push(afterWait);
+    result.startAfterWaitRemoving.push(removing);
   }
   return result;
 }

@@ -108,8 +108,11 @@ async function pipelineSections(): Promise<void> {
       const floor = await benchFloor(cfg.reps * 2);
       row('2. floor: Docker start of a created container, alone, p50 / p95', p5095(floor.startAlone), '', undefined, '');
       const [atDie, afterWait] = [percentile(floor.startAtDie, 50), percentile(floor.startAfterWait, 50)];
+      const removing = percentile(floor.startAfterWaitRemoving, 50);
       row('2. floor: die→next created and started p50, at die', ms(atDie), `after wait and rm ${ms(afterWait)}`, atDie / afterWait, '');
-      log(`   at die: ${floor.startAtDie.map((h) => h.toFixed(0)).join(' ')}; after wait: ${floor.startAfterWait.map((h) => h.toFixed(0)).join(' ')}`);
+      row('2. floor: die→next created and started p50, after wait, rm meanwhile', ms(removing), `after wait and rm ${ms(afterWait)}`, removing / afterWait, '');
+      const list = (xs: number[]) => xs.map((h) => h.toFixed(0)).join(' ');
+      log(`   at die: ${list(floor.startAtDie)}; after wait, rm meanwhile: ${list(floor.startAfterWaitRemoving)}; after wait and rm: ${list(floor.startAfterWait)}`);
     }
     if (cfg.sections.has('logs')) {
       log(`3. log scan: ${cfg.logBytes / MB} MB, ${cfg.reps} runs each`);

@@ -10,9 +10,13 @@ import { BASELINE_LABEL, RUN_PREFIX, sleep } from './util';
 const docker = new Docker();
 const [labelKey, labelValue] = BASELINE_LABEL.split('=') as [string, string];
 
+/** Network modes of the `start` probe: the default bridge the stages get, and the two cheapest. */
+export const FLOOR_NETWORKS = ['bridge', 'host', 'none'] as const;
+type FloorNetwork = (typeof FLOOR_NETWORKS)[number];
+
 export interface FloorResult {
-  /** `start` of an already created container, nothing else running: Docker's own start. */
-  startAlone: number[];
+  /** `start` of an already created container, nothing else running: Docker's own start, per network mode. */
+  startAlone: Record<FloorNetwork, number[]>;
   /** Exit (the `die` event) → the next container created and started at once; the first is waited for and removed meanwhile. */
   startAtDie: number[];
   /** The same as the services do it: wait, remove, then create and start the next. */
@@ -21,9 +25,27 @@ export interface FloorResult {
   startAfterWaitRemoving: number[];
 }
 
-async function created(name: string, cmd: string[]) {
+async function created(name: string, cmd: string[], network: FloorNetwork = 'bridge') {
   await docker.getContainer(name).remove({ force: true }).catch(() => undefined);
-  return docker.createContainer({ name, Image: TEST_IMAGES.load, Entrypoint: ['/bin/sh', '-c'], Cmd: cmd, Labels: { [labelKey]: labelValue, [LABELS.runId]: `${RUN_PREFIX}floor` } });
+  return docker.createContainer({
+    name,
+    Image: TEST_IMAGES.load,
+    Entrypoint: ['/bin/sh', '-c'],
+    Cmd: cmd,
+    Labels: { [labelKey]: labelValue, [LABELS.runId]: `${RUN_PREFIX}floor` },
+    HostConfig: { NetworkMode: network },
+  });
+}
+
+/** Times Docker's `start` of a created no-op container. */
+async function startAlone(network: FloorNetwork): Promise<number> {
+  const container = await created(`brain-floor-${RUN_PREFIX}b`, ['true'], network);
+  const t0 = performance.now();
+  await container.start();
+  const startMs = performance.now() - t0;
+  await container.wait();
+  await container.remove({ force: true });
+  return startMs;
 }
 
 /** Resolves at the container's `die` event (subscribed before it starts). */
@@ -61,15 +83,13 @@ async function hop(startAt: 'die' | 'wait' | 'removed'): Promise<number> {
 }
 
 export async function benchFloor(reps: number): Promise<FloorResult> {
-  const result: FloorResult = { startAlone: [], startAtDie: [], startAfterWait: [], startAfterWaitRemoving: [] };
+  const result: FloorResult = { startAlone: { bridge: [], host: [], none: [] }, startAtDie: [], startAfterWait: [], startAfterWaitRemoving: [] };
   for (let i = 0; i <= reps; i++) {
-    const alone = await created(`brain-floor-${RUN_PREFIX}b`, ['true']);
-    const t0 = performance.now();
-    await alone.start();
-    const startMs = performance.now() - t0;
-    await alone.wait();
-    await alone.remove({ force: true });
-    await sleep(200);
+    const starts: number[] = [];
+    for (const network of FLOOR_NETWORKS) {
+      starts.push(await startAlone(network));
+      await sleep(200);
+    }
     const atDie = await hop('die');
     await sleep(200);
     const afterWait = await hop('removed');
@@ -77,7 +97,7 @@ export async function benchFloor(reps: number): Promise<FloorResult> {
     const removing = await hop('wait');
     await sleep(200);
     if (i === 0) continue; // warm-up
-    result.startAlone.push(startMs);
+    FLOOR_NETWORKS.forEach((network, n) => result.startAlone[network].push(starts[n] as number));
     result.startAtDie.push(atDie);
     result.startAfterWait.push(afterWait);
     result.startAfterWaitRemoving.push(removing);

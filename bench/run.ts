@@ -10,7 +10,7 @@ import { buildTestImages } from '../test/fixtures/build-images';
 import { SERVICE_NAMES } from '../shared/config';
 import { benchBus } from './bus';
 import { benchChain, type HopParts } from './chain';
-import { benchFloor } from './floor';
+import { FLOOR_NETWORKS, benchFloor } from './floor';
 import { composeFootprint, serviceMemory } from './footprint';
 import { benchLoad } from './load';
 import { benchLogMemory, benchLogScan } from './logscan';
@@ -106,7 +106,9 @@ async function pipelineSections(): Promise<void> {
     if (cfg.sections.has('floor')) {
       log(`2. floor: ${cfg.reps * 2} runs of each Docker-only probe`);
       const floor = await benchFloor(cfg.reps * 2);
-      row('2. floor: Docker start of a created container, alone, p50 / p95', p5095(floor.startAlone), '', undefined, '');
+      for (const network of FLOOR_NETWORKS) {
+        row(`2. floor: Docker start of a created container, alone, ${network} network, p50 / p95`, p5095(floor.startAlone[network]), '', undefined, '');
+      }
       const [atDie, afterWait] = [percentile(floor.startAtDie, 50), percentile(floor.startAfterWait, 50)];
       const removing = percentile(floor.startAfterWaitRemoving, 50);
       row('2. floor: die→next created and started p50, at die', ms(atDie), `after wait and rm ${ms(afterWait)}`, atDie / afterWait, '');

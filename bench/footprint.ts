@@ -1,9 +1,6 @@
 /** Section 5: idle memory of each service process, and of the whole compose stack. */
 import { rmSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import { buildTestImages, standInStageEnv } from '../test/fixtures/build-images';
-import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from '../test/helpers/compose-images';
-import { BRAIN_TEST_IMAGE, ComposeProject, buildBrainImage } from '../test/helpers/compose';
+import { buildComposeImages, localComposeProject } from '../test/helpers/compose';
 import { makeRunDirs } from '../test/helpers/run-dirs';
 import type { Stack } from './stack';
 import { exec, pssKb, sampleProc } from './util';
@@ -29,27 +26,9 @@ function parseMem(text: string): number {
  * machine as the compose smoke test does), waits until healthy and idle, and reads `docker stats --no-stream`.
  */
 export async function composeFootprint(): Promise<Record<string, number>> {
-  buildTestImages();
-  buildNodeBaseImage();
-  buildNatsImage();
-  await buildBrainImage();
+  await buildComposeImages();
   const dirs = makeRunDirs('brain-bench-compose-');
-  const password = () => `p${randomBytes(12).toString('hex')}`;
-  const project = new ComposeProject(`brainbench${randomBytes(4).toString('hex')}`, {
-    BRAIN_IMAGE: BRAIN_TEST_IMAGE,
-    NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
-    NATS_CONFIG: 'nats-2.9.conf',
-    NATS_PUBLISH: '127.0.0.1:',
-    BRAIN_ENV_HOST_DIR: dirs.env,
-    ...standInStageEnv(dirs),
-    NATS_SCHEDULER_PASS: password(),
-    NATS_TRANSFORMER_PASS: password(),
-    NATS_LOADER_PASS: password(),
-    NATS_MODEL_GATE_PASS: password(),
-    NATS_TRAINER_PASS: password(),
-    NATS_MONITOR_PASS: password(),
-    NATS_OPERATOR_PASS: password(),
-  });
+  const { project } = localComposeProject('brainbench', dirs);
   try {
     await project.compose('up', '-d', '--no-build');
     const containers = await project.waitHealthy(6, 120_000);

@@ -6,13 +6,10 @@ import t from 'tap';
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { ENV_FILES } from '../shared/envfile';
 import { SERVICE_NAMES } from '../shared/config';
-import { buildTestImages, standInStageEnv } from './fixtures/build-images';
-import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from './helpers/compose-images';
-import { BRAIN_TEST_IMAGE, ComposeProject, REPO_ROOT, buildBrainImage } from './helpers/compose';
+import { REPO_ROOT, buildComposeImages, localComposeProject } from './helpers/compose';
 import { uid } from './helpers/pipeline';
 import { makeRunDirs } from './helpers/run-dirs';
 
@@ -28,10 +25,7 @@ function brain(cwd: string, env: Record<string, string>, ...args: string[]): Pro
 }
 
 t.test('compose stack: healthy, role permissions, a full chain, clean teardown', async (t) => {
-  buildTestImages();
-  buildNodeBaseImage();
-  buildNatsImage();
-  await buildBrainImage();
+  await buildComposeImages();
 
   const dirs = makeRunDirs('brain-compose-');
   const { root } = dirs;
@@ -44,25 +38,7 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
   };
   for (const [key, text] of Object.entries(envFiles)) writeFileSync(join(dirs.env, ENV_FILES[key as keyof typeof ENV_FILES]), text);
 
-  // nats-server parses an interpolated value as a config value: a password must start with a letter.
-  const password = () => `p${randomBytes(12).toString('hex')}`;
-  const pass = { monitor: password(), operator: password() };
-  const project = new ComposeProject(`braintest${randomBytes(4).toString('hex')}`, {
-    BRAIN_IMAGE: BRAIN_TEST_IMAGE,
-    NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
-    NATS_CONFIG: 'nats-2.9.conf',
-    NATS_PUBLISH: '127.0.0.1:',
-    BRAIN_ENV_HOST_DIR: dirs.env,
-    ...standInStageEnv(dirs),
-    LOG_LEVEL: 'debug',
-    NATS_SCHEDULER_PASS: password(),
-    NATS_TRANSFORMER_PASS: password(),
-    NATS_LOADER_PASS: password(),
-    NATS_MODEL_GATE_PASS: password(),
-    NATS_TRAINER_PASS: password(),
-    NATS_MONITOR_PASS: pass.monitor,
-    NATS_OPERATOR_PASS: pass.operator,
-  });
+  const { project, passwords: pass } = localComposeProject('braintest', dirs, { LOG_LEVEL: 'debug' });
   const runIds: string[] = [];
   const connections: NatsConnection[] = [];
   t.teardown(async () => {

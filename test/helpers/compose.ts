@@ -3,13 +3,16 @@
  * a registry, brings a uniquely named project up, and tears it down with everything it made.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import Docker from 'dockerode';
 import { LABELS } from '../../shared/docker';
-import { COMPOSE_BASE_IMAGES } from './compose-images';
+import { buildTestImages, standInStageEnv } from '../fixtures/build-images';
+import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from './compose-images';
+import type { RunDirs } from './run-dirs';
 
 const run = promisify(execFile);
 
@@ -41,6 +44,53 @@ export async function buildBrainImage(tag = BRAIN_TEST_IMAGE): Promise<void> {
   } finally {
     rmSync(context, { recursive: true, force: true });
   }
+}
+
+/** Builds every image the stack runs on this machine, none pulled: the stand-in stages, the node and nats bases, the brain image. */
+export async function buildComposeImages(): Promise<void> {
+  buildTestImages();
+  buildNodeBaseImage();
+  buildNatsImage();
+  await buildBrainImage();
+}
+
+/** The NATS users of docker-compose.yml, by the variable that sets each one's password. */
+const NATS_USERS = {
+  scheduler: 'NATS_SCHEDULER_PASS',
+  transformer: 'NATS_TRANSFORMER_PASS',
+  loader: 'NATS_LOADER_PASS',
+  modelGate: 'NATS_MODEL_GATE_PASS',
+  trainer: 'NATS_TRAINER_PASS',
+  monitor: 'NATS_MONITOR_PASS',
+  operator: 'NATS_OPERATOR_PASS',
+} as const;
+
+/**
+ * A uniquely named project of the repository's docker-compose.yml on the images `buildComposeImages`
+ * makes: the stand-in stages on `dirs`, NATS on a random loopback port (2.9's config), and a fresh
+ * password for each NATS user. `env` adds or overrides variables.
+ */
+export function localComposeProject(
+  namePrefix: string,
+  dirs: RunDirs,
+  env: Record<string, string> = {},
+): { project: ComposeProject; passwords: Record<keyof typeof NATS_USERS, string> } {
+  // nats-server parses an interpolated value as a config value: a password must start with a letter.
+  const passwords = Object.fromEntries(Object.keys(NATS_USERS).map((user) => [user, `p${randomBytes(12).toString('hex')}`])) as Record<
+    keyof typeof NATS_USERS,
+    string
+  >;
+  const project = new ComposeProject(`${namePrefix}${randomBytes(4).toString('hex')}`, {
+    BRAIN_IMAGE: BRAIN_TEST_IMAGE,
+    NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
+    NATS_CONFIG: 'nats-2.9.conf',
+    NATS_PUBLISH: '127.0.0.1:',
+    BRAIN_ENV_HOST_DIR: dirs.env,
+    ...standInStageEnv(dirs),
+    ...Object.fromEntries(Object.entries(NATS_USERS).map(([user, variable]) => [variable, passwords[user as keyof typeof NATS_USERS]])),
+    ...env,
+  });
+  return { project, passwords };
 }
 
 let composeCommand: Promise<[string, ...string[]]> | undefined;

@@ -8,6 +8,7 @@ export const ErrorCode = {
   ContainerStart: 'CONTAINER_START_FAILED',
   ContainerGone: 'CONTAINER_GONE',
   EnvFile: 'ENV_FILE_INVALID',
+  Topology: 'TOPOLOGY_MISMATCH',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -1,10 +1,12 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { SERVICE_NAMES, environmentWithDotenv, loadConfig, type ServiceName } from '../shared/config';
 import { ConfigError, describeError } from '../shared/errors';
+import { TopologyError } from '../shared/nats';
 import { runServices } from './run';
 import { logsCommand } from './commands/logs';
 import { runsCommand } from './commands/runs';
 import { statusCommand } from './commands/status';
+import { setupCommand } from './commands/setup';
 import { triggerCommand } from './commands/trigger';
 import { watchCommand } from './commands/watch';
 
@@ -15,7 +17,10 @@ function serviceName(value: string): ServiceName {
   return value as ServiceName;
 }
 
-/** Runs services until SIGTERM or SIGINT, then shuts down cleanly. Exit 2 on bad configuration. */
+/**
+ * Runs services until SIGTERM or SIGINT, then shuts down cleanly. Exit 2 on bad configuration, or when the NATS
+ * topology differs from it and this NATS user may not fix it (the message names the setting and says to run `brain setup`).
+ */
 async function serve(names: readonly ServiceName[]): Promise<void> {
   let config;
   try {
@@ -27,7 +32,16 @@ async function serve(names: readonly ServiceName[]): Promise<void> {
     }
     throw err;
   }
-  const running = await runServices(names, config);
+  let running;
+  try {
+    running = await runServices(names, config);
+  } catch (err) {
+    if (err instanceof TopologyError) {
+      process.stderr.write(`brain: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
   await new Promise<void>((resolve) => {
     const onSignal = () => resolve();
     process.once('SIGTERM', onSignal);
@@ -47,7 +61,7 @@ export function buildProgram(): Command {
     .command('up')
     .description('run all five services in one process')
     .action(() => serve(SERVICE_NAMES));
-  for (const command of [triggerCommand(), watchCommand(), runsCommand(), logsCommand(), statusCommand()]) program.addCommand(command);
+  for (const command of [setupCommand(), triggerCommand(), watchCommand(), runsCommand(), logsCommand(), statusCommand()]) program.addCommand(command);
   return program;
 }
 

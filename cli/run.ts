@@ -7,7 +7,7 @@ import type { Config, ServiceName } from '../shared/config';
 import { createContainerRunner, createDockerClient } from '../shared/docker';
 import { createLocks } from '../shared/lock';
 import { createLogger } from '../shared/logger';
-import { connectNats, deploymentId, ensureTopology, openLocks } from '../shared/nats';
+import { connectNats, deploymentId, describeChange, lockStore, topologyOptions, verifyTopology, wantedTopology } from '../shared/nats';
 import { createMetrics, type Metrics } from '../shared/metrics';
 import { startHealthServer, type HealthServer } from '../shared/health';
 import { Svcm, type Service as MicroService } from '@nats-io/services';
@@ -59,8 +59,10 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   const startedAt = new Date().toISOString();
   let instance = '';
   try {
-    await ensureTopology(nc, { lockTtlMs: config.lockTtlMs, ackWaitMs: config.ackWaitMs, replicas: config.nats.replicas });
-    const { kv, leader } = await openLocks(nc, config.lockTtlMs, config.nats.replicas);
+    // Only read unless it differs: then converged if this NATS user may manage topology, else a TopologyError.
+    const changes = await verifyTopology(nc, wantedTopology(topologyOptions(config), names), config.nats.user !== undefined ? { user: config.nats.user } : {});
+    for (const change of changes) logger.info({ change: describeChange(change) }, 'NATS topology converged');
+    const { kv, leader } = await lockStore(nc);
     instance = await deploymentId(nc);
     const holder = `${label}@${hostname()}:${process.pid}`;
     const docker = opts.docker ?? createDockerClient(config.dockerHost);

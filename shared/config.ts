@@ -16,11 +16,12 @@ const bool = z
   .default('false')
   .transform((v) => v.toLowerCase() === 'true' || v === '1');
 
+/** Seconds; unset or empty (compose passes `${X:-}` through as empty) means the default. */
 const seconds = (fallback: number) =>
-  z.coerce
-    .number({ message: 'must be a number of seconds' })
-    .positive('must be a positive number of seconds')
-    .default(fallback);
+  z.preprocess(
+    (v) => (typeof v === 'string' && v.trim() === '' ? undefined : v),
+    z.coerce.number({ message: 'must be a number of seconds' }).positive('must be a positive number of seconds').default(fallback),
+  );
 
 const optionalText = z
   .string()
@@ -64,6 +65,9 @@ const schema = z.object({
   NATS_REPLICAS: z.coerce.number({ message: 'must be 1, 3 or 5' }).int().refine((n) => [1, 3, 5].includes(n), 'must be 1, 3 or 5').default(1),
   NATS_USER: optionalText,
   NATS_PASS: optionalText,
+  NATS_INBOX_PREFIX: optionalText.refine((v) => v === undefined || /^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$/.test(v), {
+    message: 'must be subject tokens (letters, digits, _ $ -) separated by dots, no wildcards',
+  }),
   DOCKER_HOST: optionalText,
   BRAIN_ENV_DIR: z.string().default('./env'),
   TRANSFORM_IMAGE: z.string().min(1).default('brain-transform:latest'),
@@ -100,8 +104,11 @@ const schema = z.object({
 type Raw = z.infer<typeof schema>;
 
 export interface Config {
-  /** `replicas`: copies of each stream and of the locks bucket (3 in a cluster). */
-  nats: { servers: string[]; user?: string; pass?: string; replicas: number };
+  /**
+   * `replicas`: copies of each stream and bucket (3 in a cluster). `inboxPrefix`: NATS_INBOX_PREFIX as set; unset,
+   * a named user's connection uses `_INBOX_<user>` (see `inboxPrefixFor`).
+   */
+  nats: { servers: string[]; user?: string; pass?: string; replicas: number; inboxPrefix?: string };
   dockerHost?: string;
   envDir: string;
   images: { transform: string; load: string; modelTrigger: string; train: string };
@@ -161,6 +168,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, services: readonly ServiceNam
       replicas: raw.NATS_REPLICAS,
       ...(raw.NATS_USER !== undefined ? { user: raw.NATS_USER } : {}),
       ...(raw.NATS_PASS !== undefined ? { pass: raw.NATS_PASS } : {}),
+      ...(raw.NATS_INBOX_PREFIX !== undefined ? { inboxPrefix: raw.NATS_INBOX_PREFIX } : {}),
     },
     ...(raw.DOCKER_HOST !== undefined ? { dockerHost: raw.DOCKER_HOST } : {}),
     envDir: resolve(raw.BRAIN_ENV_DIR),

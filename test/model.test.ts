@@ -1,11 +1,31 @@
 import t from 'tap';
-import { Pipeline, uid, waitForContainer } from './helpers/pipeline';
+import { LABELS } from '../shared/docker';
+import { Pipeline, docker, uid, waitForContainer } from './helpers/pipeline';
 
 const modelServices = ['model-gate', 'trainer'] as const;
+
+/**
+ * The stages dockerd created a container of for the run, in order, from its event log: containers that ran
+ * and were removed since still count, so "no gate container ran" is Docker's word, not missing log lines.
+ */
+async function stagesCreatedFor(runId: string, sinceMs: number): Promise<string[]> {
+  const stream = await docker.getEvents({
+    since: Math.floor(sinceMs / 1000) - 1,
+    until: Math.floor(Date.now() / 1000) + 1,
+    filters: { type: ['container'], event: ['create'], label: [`${LABELS.runId}=${runId}`] },
+  });
+  let text = '';
+  for await (const chunk of stream as AsyncIterable<Buffer>) text += chunk.toString();
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => (JSON.parse(l) as { Actor: { Attributes: Record<string, string> } }).Actor.Attributes[LABELS.stage] ?? '?');
+}
 
 t.test('DEV_FORCE_TRAINING runs the gate container, then trains whatever it said', async (t) => {
   const p = await Pipeline.start({ env: { DEV_FORCE_TRAINING: 'true', DEV_SKIP_MODEL: 'true' }, envFiles: { modelTrigger: { MISMATCH: '0' } }, services: modelServices });
   t.teardown(() => p.close());
+  const since = Date.now();
   const runId = uid('m');
   await p.publish('model.trigger', { runId });
   const end = await p.waitForSubject('model.done', runId);
@@ -13,27 +33,32 @@ t.test('DEV_FORCE_TRAINING runs the gate container, then trains whatever it said
   t.same(p.trail(runId), ['model.trigger', 'model.mismatch', 'model.done trained']);
   t.equal(p.eventsOf(runId).find((e) => e.subject === 'model.mismatch')?.data.reason, 'forced');
   t.ok(p.logLinesOf(runId, 'model-trigger').length > 0, 'the gate container ran, as in the seed');
+  t.same(await stagesCreatedFor(runId, since), ['model-trigger', 'train'], 'Docker created the gate container, then the training one');
   t.same(p.starts('train'), [runId]);
 });
 
 t.test('DEV_SKIP_TRIGGER trains without running the gate container', async (t) => {
   const p = await Pipeline.start({ env: { DEV_SKIP_TRIGGER: '1' }, envFiles: { modelTrigger: { MISMATCH: '0' } }, services: modelServices });
   t.teardown(() => p.close());
+  const since = Date.now();
   const runId = uid('m');
   await p.publish('model.trigger', { runId });
   const end = await p.waitForSubject('model.done', runId);
   t.equal(end.data.outcome, 'trained');
   t.equal(p.eventsOf(runId).find((e) => e.subject === 'model.mismatch')?.data.reason, 'forced');
-  t.same(p.logLinesOf(runId, 'model-trigger'), [], 'no gate container ran');
+  t.same(await stagesCreatedFor(runId, since), ['train'], 'Docker created the training container and no gate container');
+  t.same(p.logLinesOf(runId, 'model-trigger'), [], 'no gate output either');
 });
 
 t.test('DEV_SKIP_MODEL ends the model step skipped', async (t) => {
   const p = await Pipeline.start({ env: { DEV_SKIP_MODEL: 'true' }, services: modelServices });
   t.teardown(() => p.close());
+  const since = Date.now();
   const runId = uid('m');
   await p.publish('model.trigger', { runId });
   const end = await p.waitForSubject('model.done', runId);
   t.equal(end.data.outcome, 'skipped');
+  t.same(await stagesCreatedFor(runId, since), [], 'Docker created no container for the run');
   t.same(p.logLinesOf(runId, 'model-trigger'), []);
   t.same(p.starts('train'), []);
 });
@@ -53,6 +78,7 @@ t.test('a hand-published model.trigger with an empty body or {} works', async (t
 t.test('a hand-published model.trigger while training ends busy and starts no container', async (t) => {
   const p = await Pipeline.start({ envFiles: { train: { SLEEP: '3' } }, services: modelServices });
   t.teardown(() => p.close());
+  const since = Date.now();
   const first = uid('m');
   await p.publish('model.trigger', { runId: first });
   await waitForContainer(first, 'train');
@@ -61,8 +87,10 @@ t.test('a hand-published model.trigger while training ends busy and starts no co
   const busy = await p.waitForSubject('model.done', second);
   t.equal(busy.data.outcome, 'busy');
   t.match(busy.data.error, new RegExp(first));
-  t.same(p.logLinesOf(second, 'model-trigger'), [], 'no gate container for the busy trigger');
+  t.same(p.logLinesOf(second, 'model-trigger'), [], 'no gate output for the busy trigger');
   t.equal((await p.waitForSubject('model.done', first)).data.outcome, 'trained');
+  t.same(await stagesCreatedFor(second, since), [], 'Docker created no container for the busy trigger');
+  t.same(await stagesCreatedFor(first, since), ['model-trigger', 'train'], 'and the gate and training containers of the run that held the lock');
   t.same(p.starts('train'), [first], 'one training container');
   const third = uid('m');
   await p.publish('model.trigger', { runId: third });

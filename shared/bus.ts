@@ -1,11 +1,13 @@
+import { performance } from 'node:perf_hooks';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstream, type JetStreamClient, type JsMsg } from '@nats-io/jetstream';
+import { jetstream, type ConsumerMessages, type JetStreamClient, type JsMsg } from '@nats-io/jetstream';
 import {
   EventSchemas,
   logsSubject,
   parseEvent,
   previewOf,
   rejectedSubject,
+  sanitiseOutgoing,
   type EventBody,
   type EventMap,
   type EventSubject,
@@ -14,7 +16,7 @@ import {
   type Stage,
 } from './events';
 import { EVENTS_STREAM } from './nats';
-import { describeError } from './errors';
+import { BrainError, ErrorCode, describeError } from './errors';
 import type { Logger } from './logger';
 import type { Metrics } from './metrics';
 
@@ -27,20 +29,38 @@ export interface HandlerContext {
   storedAt: Date;
 }
 
-/** A handler returns `handed-back` when it stopped on shutdown without finishing: the message is redelivered at once. */
-export type HandlerResult = 'done' | 'handed-back';
+/**
+ * A handler returns `handed-back` when it stopped on shutdown without finishing: the message is redelivered at once.
+ * `rejected`: the event is valid but cannot be accepted (e.g. a reused run id); it is reported on `rejected.<subject>` and terminated.
+ */
+export type HandlerResult = 'done' | 'handed-back' | { rejected: string };
 export type Handler<S extends EventSubject> = (event: EventMap[S], ctx: HandlerContext) => Promise<HandlerResult>;
 
 export interface Subscription {
-  /** Stops taking messages, hands in-flight work back and waits for it to settle. */
+  /**
+   * Stops pulling (waits for the pull request in progress to end on the server, so none of ours is left there),
+   * hands back at once (nak, no delay) whatever was delivered but not started, then hands in-flight work back
+   * and waits for it to settle.
+   */
   stop(): Promise<void>;
   readonly inFlight: number;
 }
 
 export interface EventBus {
+  /**
+   * Publishes one of our own events. The body is sanitised first (`sanitiseOutgoing`: a negative duration is 0,
+   * an over-long error or reason is cut), so an outcome is always publishable; a body that still fails its schema
+   * is a programming error: logged with the issues and thrown as an `OutgoingEventError`.
+   */
   publish<S extends EventSubject>(subject: S, body: EventBody<S>, opts?: { msgId?: string }): Promise<EventMap[S]>;
   publishLogs(stage: Stage, runId: string, stream: 'stdout' | 'stderr', lines: string[]): void;
   flush(): Promise<void>;
+  /**
+   * Runs `handler` for each message of the durable consumer, at most one handler per stream sequence in this
+   * process: a redelivery of a message whose handler still runs here (its heartbeats did not reach the server,
+   * e.g. through a NATS outage longer than the ack wait) starts nothing; the running handler's heartbeats and
+   * its final ack or nak go to the newest delivery.
+   */
   consume<S extends EventSubject>(durable: string, subject: S, handler: Handler<S>): Promise<Subscription>;
 }
 
@@ -53,15 +73,57 @@ export interface BusDeps {
   publishRetryMs?: number;
   /** In-flight messages per consumer; each is worked on concurrently. */
   concurrency?: number;
+  /** How long each pull request waits on the server (≥ 1000 ms; default 2000); a stopping consumer waits for its last one to end. */
+  pullExpiresMs?: number;
 }
+
+/** Our own event failed its schema after sanitising: a bug in the publisher, never retried into success. */
+export class OutgoingEventError extends BrainError {
+  constructor(
+    readonly subject: string,
+    readonly issues: readonly { path: readonly PropertyKey[]; message: string }[],
+  ) {
+    super(ErrorCode.EventInvalid, `our own ${subject} event is invalid: ${issues.map((i) => `${i.path.map(String).join('.') || '(body)'}: ${i.message}`).join('; ')}`);
+    this.name = 'OutgoingEventError';
+  }
+}
+
+/** A monotonic time stamp in milliseconds (not the wall clock), for `elapsedMs`. */
+export const monotonicNow = (): number => performance.now();
+
+/** Milliseconds since `startedAt` (from `monotonicNow()`), rounded; never negative, whatever the wall clock does. */
+export const elapsedMs = (startedAt: number): number => Math.max(0, Math.round(performance.now() - startedAt));
 
 /** Delay before a message whose handler threw (an infrastructure fault, not a stage outcome) is retried. */
 const RETRY_DELAY_MS = 2000;
+/** How long an ack waits for the server's confirmation. */
+const ACK_CONFIRM_TIMEOUT_MS = 5000;
+const DEFAULT_PULL_EXPIRES_MS = 2000;
+/** Pause after a failed pull (NATS down, consumer missing) before the next one. */
+const PULL_RETRY_MS = 500;
+
+/** A timer that can be cancelled, so a wait that lost its race keeps no process alive. */
+function sleep(ms: number): { done: Promise<void>; cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  let resolve: () => void = () => undefined;
+  const done = new Promise<void>((r) => {
+    resolve = r;
+    timer = setTimeout(r, ms);
+  });
+  return {
+    done,
+    cancel() {
+      clearTimeout(timer);
+      resolve();
+    },
+  };
+}
 
 export function createEventBus(deps: BusDeps): EventBus {
   const { nc, logger } = deps;
   const js: JetStreamClient = jetstream(nc);
   const encoder = new TextEncoder();
+  const pullExpiresMs = Math.max(1000, deps.pullExpiresMs ?? DEFAULT_PULL_EXPIRES_MS);
 
   /**
    * A stage's outcome must not be lost to a NATS restart: retry until the server stores it (or the
@@ -95,7 +157,14 @@ export function createEventBus(deps: BusDeps): EventBus {
     body: EventBody<S>,
     opts: { msgId?: string } = {},
   ): Promise<EventMap[S]> {
-    const event = EventSchemas[subject].parse({ v: 1, at: new Date().toISOString(), ...body }) as EventMap[S];
+    const candidate = sanitiseOutgoing({ v: 1, at: new Date().toISOString(), ...body });
+    const parsed = EventSchemas[subject].safeParse(candidate);
+    if (!parsed.success) {
+      const error = new OutgoingEventError(subject, parsed.error.issues);
+      logger.fatal({ subject, issues: parsed.error.issues, body: candidate, code: error.code }, 'BUG: our own event fails its schema; it is not published');
+      throw error;
+    }
+    const event = parsed.data as EventMap[S];
     await publishWithRetry(subject, encoder.encode(JSON.stringify(event)), opts.msgId);
     recordOutcome(subject, event);
     return event;
@@ -114,61 +183,125 @@ export function createEventBus(deps: BusDeps): EventBus {
   }
 
   /**
-   * Acks a finished message and waits for the server to confirm, retrying through a NATS node failure
-   * or leader election: a lost ack would redeliver a run that already ended and start it again.
+   * Acks a finished message and waits for the server's confirmation, once: the client sends an ack at most
+   * once per delivery (a second `ackAck()` resolves false without sending), so there is nothing to retry here.
+   * An ack lost on the way means the server redelivers the message after the ack wait; recognising that
+   * redelivery as finished is the handler's business.
    */
-  async function acknowledge(msg: JsMsg): Promise<void> {
-    const deadline = Date.now() + Math.max(deps.ackWaitMs, 5000);
-    for (;;) {
-      const confirmed = await msg.ackAck({ timeout: 2000 }).catch(() => false);
-      if (confirmed || Date.now() > deadline) {
-        if (!confirmed) logger.warn({ subject: msg.subject, streamSequence: msg.info.streamSequence }, 'ack not confirmed; the message may be redelivered');
-        return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, 250));
+  async function acknowledge(msg: JsMsg, subject: string): Promise<void> {
+    let confirmed = false;
+    try {
+      confirmed = await msg.ackAck({ timeout: ACK_CONFIRM_TIMEOUT_MS });
+    } catch (err) {
+      logger.warn({ subject, streamSequence: msg.info.streamSequence, err: describeError(err) }, 'ack not confirmed; the message may be redelivered');
+      return;
     }
+    if (!confirmed) logger.warn({ subject, streamSequence: msg.info.streamSequence }, 'ack not sent (already answered); the message may be redelivered');
   }
 
   async function consume<S extends EventSubject>(durable: string, subject: S, handler: Handler<S>): Promise<Subscription> {
     const consumer = await js.consumers.get(EVENTS_STREAM, durable);
-    const messages = await consumer.consume({ max_messages: deps.concurrency ?? 64 });
+    const concurrency = Math.max(1, deps.concurrency ?? 64);
     const shutdown = new AbortController();
-    const inFlight = new Set<Promise<void>>();
+    let stopping = false;
+    /** One entry per stream sequence whose handler runs here; `msg` is its newest delivery. */
+    const inFlight = new Map<number, { msg: JsMsg }>();
+    const tasks = new Set<Promise<void>>();
+    let wakePuller: (() => void) | undefined;
+    let batch: ConsumerMessages | undefined;
+    const wake = () => {
+      wakePuller?.();
+      wakePuller = undefined;
+    };
 
-    async function handle(msg: JsMsg): Promise<void> {
-      const parsed = parseEvent(subject, msg.data);
+    async function handle(delivery: { msg: JsMsg }): Promise<void> {
+      const first = delivery.msg;
+      const parsed = parseEvent(subject, first.data);
       if (!parsed.ok) {
         try {
-          await reject(subject, msg, parsed.error);
-          msg.term(`invalid event: ${parsed.error}`);
+          await reject(subject, delivery.msg, parsed.error);
+          delivery.msg.term(`invalid event: ${parsed.error}`);
         } catch (err) {
           logger.error({ subject, err: describeError(err) }, 'could not report a rejected event; will retry');
-          msg.nak(RETRY_DELAY_MS);
+          delivery.msg.nak(RETRY_DELAY_MS);
         }
         return;
       }
-      const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(deps.ackWaitMs / 3)));
+      // Always the newest delivery: a redelivery taken over by this handler is the one the server counts.
+      const heartbeat = setInterval(() => delivery.msg.working(), Math.max(250, Math.floor(deps.ackWaitMs / 3)));
       try {
         const result = await handler(parsed.value, {
           signal: shutdown.signal,
-          streamSequence: msg.info.streamSequence,
-          storedAt: msg.time,
+          streamSequence: first.info.streamSequence,
+          storedAt: first.time,
         });
-        if (result === 'handed-back') msg.nak();
-        else await acknowledge(msg);
+        clearInterval(heartbeat);
+        if (result === 'handed-back') delivery.msg.nak();
+        else if (typeof result === 'object') {
+          await reject(subject, delivery.msg, result.rejected);
+          delivery.msg.term(result.rejected);
+        } else await acknowledge(delivery.msg, subject);
       } catch (err) {
-        logger.error({ subject, err: describeError(err) }, 'handler failed; message will be redelivered');
-        msg.nak(shutdown.signal.aborted ? 0 : RETRY_DELAY_MS);
+        logger.error({ subject, streamSequence: first.info.streamSequence, err: describeError(err) }, 'handler failed; message will be redelivered');
+        delivery.msg.nak(shutdown.signal.aborted ? 0 : RETRY_DELAY_MS);
       } finally {
         clearInterval(heartbeat);
       }
     }
 
-    const loop = (async () => {
-      for await (const msg of messages) {
-        const task = handle(msg);
-        inFlight.add(task);
-        void task.finally(() => inFlight.delete(task));
+    function receive(msg: JsMsg): void {
+      const seq = msg.info.streamSequence;
+      const running = inFlight.get(seq);
+      if (running !== undefined) {
+        running.msg = msg;
+        logger.warn(
+          { subject, streamSequence: seq, deliveryCount: msg.info.deliveryCount },
+          'redelivered while its handler still runs here; that handler answers for the new delivery',
+        );
+        return;
+      }
+      if (stopping) {
+        // Delivered to a stopping consumer, never started: straight back (its pull is over, so not to us again).
+        msg.nak();
+        logger.info({ subject, streamSequence: seq }, 'delivered while stopping; handed back');
+        return;
+      }
+      const delivery = { msg };
+      inFlight.set(seq, delivery);
+      const task: Promise<void> = handle(delivery)
+        .catch((err: unknown) => logger.error({ subject, streamSequence: seq, err: describeError(err) }, 'message handling failed'))
+        .finally(() => {
+          inFlight.delete(seq);
+          tasks.delete(task);
+          wake();
+        });
+      tasks.add(task);
+    }
+
+    /**
+     * One pull request at a time, for one message, read to its end (the message, or the server's expiry). A pull
+     * ends on the server as soon as it delivers, so a stopping consumer leaves no request there once its last pull
+     * ended, and a message it nak's is never redelivered to itself. A pull the client abandoned early would leave
+     * the server a request whose message nobody reads (redelivered only after the ack wait).
+     */
+    const puller = (async () => {
+      while (!stopping) {
+        if (inFlight.size >= concurrency) {
+          await new Promise<void>((resolve) => (wakePuller = resolve));
+          continue;
+        }
+        try {
+          batch = await consumer.fetch({ max_messages: 1, expires: pullExpiresMs });
+          for await (const msg of batch) receive(msg);
+        } catch (err) {
+          if (stopping || nc.isClosed()) break;
+          logger.warn({ subject, durable, err: describeError(err) }, 'pull failed; pulling again');
+          const pause = sleep(PULL_RETRY_MS);
+          wakePuller = pause.cancel;
+          await pause.done;
+        } finally {
+          batch = undefined;
+        }
       }
     })();
 
@@ -177,10 +310,20 @@ export function createEventBus(deps: BusDeps): EventBus {
         return inFlight.size;
       },
       async stop() {
-        await messages.close();
-        await loop;
+        stopping = true;
+        wake();
+        // The pull in progress ends on the server within its expiry; waiting for it leaves no request of ours
+        // there, and whatever it still delivers is nak'd at once. A connection that is down cannot end it: give up.
+        const grace = sleep(pullExpiresMs + 3000);
+        const ended = await Promise.race([puller.then(() => true), grace.done.then(() => false)]);
+        grace.cancel();
+        if (!ended) {
+          logger.warn({ subject, durable }, 'the last pull did not end in time; closing it');
+          await batch?.close();
+          await puller;
+        }
         shutdown.abort();
-        await Promise.allSettled([...inFlight]);
+        await Promise.allSettled([...tasks]);
       },
     };
   }

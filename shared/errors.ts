@@ -8,6 +8,8 @@ export const ErrorCode = {
   ContainerStart: 'CONTAINER_START_FAILED',
   ContainerGone: 'CONTAINER_GONE',
   EnvFile: 'ENV_FILE_INVALID',
+  /** An event we publish ourselves fails its schema even after sanitising: a programming error. */
+  EventInvalid: 'EVENT_INVALID',
   Topology: 'TOPOLOGY_MISMATCH',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -28,8 +28,12 @@ const at = z.iso.datetime({ offset: true });
 const envelope = { v: z.literal(1), runId: RunId, at };
 const exitCode = z.number().int().nullable();
 const durationMs = z.number().nonnegative();
-const error = z.string().max(2000).optional();
-const reason = z.string().max(200).optional();
+/** Longest `error` an event may carry; longer ones are cut on publish (see `sanitiseOutgoing`). */
+export const MAX_ERROR_CHARS = 2000;
+/** Longest free-text `reason` a trigger may carry; longer ones are cut on publish. */
+export const MAX_REASON_CHARS = 200;
+const error = z.string().max(MAX_ERROR_CHARS).optional();
+const reason = z.string().max(MAX_REASON_CHARS).optional();
 
 /** Triggers come from people as well as services: every field is optional and `{}` or an empty body is valid. */
 const trigger = z.strictObject({ v: z.literal(1).optional(), runId: RunId.optional(), at: at.optional(), reason });
@@ -126,4 +130,29 @@ export function parseEvent<S extends EventSubject>(subject: S, body: Uint8Array)
 export function previewOf(body: Uint8Array, max = 200): string {
   const text = Buffer.from(body.buffer, body.byteOffset, Math.min(body.byteLength, max * 4)).toString('utf8');
   return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
+/** Cuts text to at most `max` UTF-16 units, keeping its start and ending with `…` (never splitting a surrogate pair). */
+export function cutText(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let end = Math.max(0, max - 1);
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end -= 1;
+  return `${text.slice(0, end)}…`;
+}
+
+/**
+ * Makes our own outgoing event body publishable whatever the clock or an error message did: a `durationMs`
+ * that is negative or not finite (the wall clock stepped back) becomes 0, an `error` or a string `reason`
+ * longer than the schema allows is cut. Everything else is left to validation.
+ */
+export function sanitiseOutgoing<T extends Record<string, unknown>>(body: T): T {
+  const out: Record<string, unknown> = { ...body };
+  if ('durationMs' in out) {
+    const d = out.durationMs;
+    if (typeof d !== 'number' || !Number.isFinite(d) || d < 0) out.durationMs = 0;
+  }
+  if (typeof out.error === 'string') out.error = cutText(out.error, MAX_ERROR_CHARS);
+  if (typeof out.reason === 'string') out.reason = cutText(out.reason, MAX_REASON_CHARS);
+  return out as T;
 }

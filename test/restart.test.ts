@@ -45,3 +45,53 @@ t.test('events published while a service is down are handled when it comes back'
   await p.startServices();
   t.equal((await p.waitForRunEnd(runId)).data.outcome, 'no-new-data');
 });
+
+/** Milliseconds from `since` until the run's transform container has started (the stand-in image records each start). */
+async function msUntilStarted(p: Pipeline, runId: string, since: number, timeoutMs = 40_000): Promise<number> {
+  while (!p.starts('transform').includes(runId)) {
+    if (Date.now() - since > timeoutMs) throw new Error(`no transform container for ${runId} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return Date.now() - since;
+}
+
+/**
+ * A graceful stop leaves no pull request of ours on the server and hands back (nak, no delay) anything
+ * delivered to it but not started, so the next instance gets a trigger at once, not after the ack wait (30 s).
+ */
+t.test('a trigger right after a graceful restart starts its run within seconds, not after the ack wait', async (t) => {
+  const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '0' } } });
+  t.teardown(() => p.close());
+  t.equal(p.config.ackWaitMs, 30_000, 'the default ack wait');
+  for (let round = 0; round < 3; round++) {
+    await p.stopServices();
+    await p.startServices();
+    const runId = uid();
+    const sent = Date.now();
+    await p.publish('transform.trigger', { runId });
+    const started = await msUntilStarted(p, runId, sent);
+    t.ok(started < 3000, `round ${round}: the transform container started ${started} ms after the trigger`);
+    t.equal((await p.waitForSubject('transform.done', runId, 20_000)).data.outcome, 'no-new-data');
+  }
+});
+
+t.test('a trigger published while the services stop is handed to the next instance at once', async (t) => {
+  const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '0' } } });
+  t.teardown(() => p.close());
+  let handedBackWhileStopping = 0;
+  for (let round = 0; round < 3; round++) {
+    const runId = uid();
+    const before = p.logLines.length;
+    const stopping = p.stopServices();
+    await p.publish('transform.trigger', { runId });
+    await stopping;
+    if (p.logLines.slice(before).some((l) => l.includes('delivered while stopping'))) handedBackWhileStopping++;
+    const restarted = Date.now();
+    await p.startServices();
+    const started = await msUntilStarted(p, runId, restarted);
+    t.ok(started < 3000, `round ${round}: the transform container started ${started} ms after the restart`);
+    t.equal((await p.waitForSubject('transform.done', runId, 20_000)).data.outcome, 'no-new-data', `round ${round}: the run ended`);
+    t.same(p.starts('transform').filter((r) => r === runId), [runId], 'one transform container');
+  }
+  t.ok(handedBackWhileStopping > 0, `the stopping instance received a trigger and handed it back (${handedBackWhileStopping} of 3 rounds)`);
+});

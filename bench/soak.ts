@@ -102,6 +102,13 @@ export async function runSoak(opts: { chains: number; seed: number; log?: (line:
           })
           .join(', ');
         log(`chain ${chain + 1}/${opts.chains} ${fault} (${detail}) in ${Date.now() - started} ms: ${summary}`);
+        ends.forEach((e, i) => {
+          const runId = runIds[i] ?? '';
+          const want = expected[runId];
+          if (e.status === 'fulfilled' && want !== undefined && isExpected(e.value, want)) return;
+          // What the services said about a run that went wrong, for its diagnosis.
+          for (const [name, proc] of p.processes) for (const line of proc.output.filter((l) => l.includes(runId)).slice(-15)) log(`  ${name}: ${line}`);
+        });
         report.chains.push({ fault, detail, runIds, expected });
       }
       await sleep(2000); // late duplicates would show up here

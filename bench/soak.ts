@@ -108,6 +108,9 @@ export async function runSoak(opts: { chains: number; seed: number; log?: (line:
           if (e.status === 'fulfilled' && want !== undefined && isExpected(e.value, want)) return;
           // What the services said about a run that went wrong, for its diagnosis.
           for (const [name, proc] of p.processes) for (const line of proc.output.filter((l) => l.includes(runId)).slice(-15)) log(`  ${name}: ${line}`);
+          for (const w of p.lockWrites.filter((w) => w.runId === runId || w.operation !== 'PUT').slice(-20)) {
+            log(`  lock ${w.key} rev ${w.revision} ${w.operation} ${w.runId ?? ''} ${w.holder ?? ''} at ${w.created.toISOString()}`);
+          }
         });
         report.chains.push({ fault, detail, runIds, expected });
       }

@@ -2,9 +2,10 @@
  * The server-side deploy (deploy/deploy.sh) driven over a real sshd on loopback, logging in as a
  * dedicated user created by deploy/install-deploy-user.sh whose only key has a forced command.
  * Compose and docker are fakes that record their arguments, so nothing is pulled or started.
+ * These tests need root (they create users and run sshd): where they cannot run, they fail.
  */
 import t from 'tap';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
@@ -17,23 +18,31 @@ import {
   realpathSync,
   rmSync,
   statSync,
+  symlinkSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { SSHD_BIN, sshRun, startSshd, type Sshd, type SshResult } from './helpers/sshd';
+import { parse as parseDotenv } from 'dotenv';
+import { SSHD_BIN, sshArgs, sshRun, startSshd, type Sshd, type SshResult } from './helpers/sshd';
 
 const repo = resolve(__dirname, '..', '..');
 const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
-const haveSshd = existsSync(SSHD_BIN);
-const skip = !isRoot
-  ? 'needs root (creates a user and runs sshd)'
-  : !haveSshd && process.env.CI === undefined
+/** Why these tests cannot run here, if they cannot: reported as a failure, never as a skip. */
+const cannotRun = !isRoot
+  ? 'the deploy tests need root (they create users and run sshd); CI runs them as root'
+  : !existsSync(SSHD_BIN)
     ? `${SSHD_BIN} missing (apt-get install openssh-server)`
-    : false;
+    : undefined;
 
-t.test('deploy over ssh with a forced-command key', { skip, timeout: 90_000 }, async (t) => {
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('deploy over ssh with a forced-command key', { timeout: 180_000 }, async (t) => {
+  if (cannotRun !== undefined) {
+    t.fail(cannotRun);
+    return;
+  }
   const root = mkdtempSync(join(tmpdir(), 'brain-deploy-'));
   chmodSync(root, 0o755); // the deploy user must traverse it to reach its home and prefix
   const user = `bdtest${randomBytes(4).toString('hex')}`;
@@ -79,7 +88,11 @@ t.test('deploy over ssh with a forced-command key', { skip, timeout: 90_000 }, a
   const gid = Number(execFileSync('id', ['-g', user], { encoding: 'utf8' }).trim());
 
   const authorizedKeys = readFileSync(join(home, '.ssh', 'authorized_keys'), 'utf8');
-  t.match(authorizedKeys, new RegExp(`^command="${prefix}/deploy\\.sh",restrict,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty`));
+  t.match(
+    authorizedKeys,
+    new RegExp(`^command="/usr/bin/env -i SSH_ORIGINAL_COMMAND=\\\\"\\$SSH_ORIGINAL_COMMAND\\\\" \\S*/bash ${prefix}/deploy\\.sh",restrict,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty`),
+    'the forced command runs deploy.sh under an empty environment',
+  );
   t.equal(statSync(join(home, '.ssh', 'authorized_keys')).uid, 0, 'authorized_keys is root-owned: the user cannot add keys');
   t.equal(statSync(join(prefix, 'deploy.sh')).uid, 0, 'deploy.sh is root-owned');
   t.equal(statSync(join(prefix, 'env')).mode & 0o777, 0o700, 'env dir is 700');
@@ -88,30 +101,44 @@ t.test('deploy over ssh with a forced-command key', { skip, timeout: 90_000 }, a
   mkdirSync(bin);
   mkdirSync(rec);
   chownSync(rec, uid, gid);
-  // Fake compose: records "BRAIN_IMAGE|args"; `ps -a -q` prints one container id per tag.
+  // Fake compose: records "BRAIN_IMAGE|args"; `ps -a -q` prints one container id per tag; `up`
+  // sleeps for the seconds in rec/up-sleep-<tag> and then writes to stdout and stderr.
   writeFileSync(
     join(bin, 'fake-compose'),
     `#!/bin/sh
 printf '%s|%s\\n' "$BRAIN_IMAGE" "$*" >>${rec}/compose.log
+tag=\${BRAIN_IMAGE##*:}
 for a in "$@"; do
   case "$a" in
     pull) if [ -e ${rec}/pull-fail ]; then echo "fake pull failed" >&2; exit 1; fi ;;
-    ps) echo "brain-\${BRAIN_IMAGE##*:}"; exit 0 ;;
+    up)
+      if [ -e ${rec}/up-sleep-$tag ]; then
+        sleep "$(cat ${rec}/up-sleep-$tag)"
+        echo "fake up: $tag started"
+        echo "fake up: $tag done" >&2
+      fi
+      exit 0 ;;
+    ps) echo "brain-$tag"; exit 0 ;;
   esac
 done
 exit 0
 `,
     { mode: 0o755 },
   );
-  // Fake docker: `inspect` reports a container unhealthy when rec/unhealthy-<id> exists.
+  // Fake docker: `inspect` reports a container unhealthy when rec/unhealthy-<id> exists, fails
+  // without a word on it for rec/inspect-fail-<id>, and leaves it out for rec/vanish-<id>.
   writeFileSync(
     join(bin, 'fake-docker'),
     `#!/bin/sh
 [ "$1" = inspect ] || exit 1
 shift 3
+rc=0
 for id in "$@"; do
+  if [ -e ${rec}/inspect-fail-$id ]; then rc=1; continue; fi
+  [ -e ${rec}/vanish-$id ] && continue
   if [ -e ${rec}/unhealthy-$id ]; then echo "/$id running 0 unhealthy"; else echo "/$id running 0 healthy"; fi
 done
+exit $rc
 `,
     { mode: 0o755 },
   );
@@ -130,7 +157,8 @@ ${extra}
     );
   writeConf();
 
-  sshd = await startSshd({ dir: root, allowUser: user });
+  // A careless sshd that lets the client set these: the forced command must not care.
+  sshd = await startSshd({ dir: root, allowUser: user, acceptEnv: ['BASH_ENV', 'BRAIN_DEPLOY_CONF'] });
   const server = sshd;
   const outputs: string[] = [];
   const ssh = async (command: string | undefined, input?: Buffer | string, options?: string[]): Promise<SshResult> => {
@@ -152,6 +180,12 @@ ${extra}
   };
   const currentTag = () => /^TAG=(.*)$/m.exec(readFileSync(join(prefix, 'current', '.brain-release'), 'utf8'))?.[1];
   const image = (tag: string) => `registry.test/acme/brain-pipeline:${tag}`;
+  const history = () => readFileSync(join(prefix, 'state', 'history'), 'utf8');
+  const ups = (since: number) =>
+    composeLog()
+      .slice(since)
+      .filter((l) => l.endsWith(' up -d --remove-orphans'))
+      .map((l) => l.split('|')[0]);
 
   // --- secrets -------------------------------------------------------------------------------------
   const secret = `s3cret-${randomBytes(12).toString('hex')}`;
@@ -178,6 +212,110 @@ ${extra}
     t.equal(statSync(join(prefix, 'env', '.env')).mode & 0o777, 0o600, "compose's .env is staged with mode 600");
   });
 
+  // The services parse env files with dotenv (shared/envfile.ts): what deploy.sh accepts must read
+  // back exactly as meant, and what dotenv would cut or drop must be refused.
+  const pem = ['-----BEGIN PRIVATE KEY-----', `MIIEvQIBADANBgkqhkiG9w0BAQEFAASC${randomBytes(8).toString('hex')}`, 'abc+/=def', '-----END PRIVATE KEY-----'].join('\n');
+  const roundTrip = [
+    '# every kind of value',
+    'HASH_DQ="ab#c"',
+    "HASH_SQ='x#y#z'",
+    'EQUALS=a=b==c',
+    'EQUALS_Q="k=v"',
+    `QUOTES_SQ='he said "hi"'`,
+    `QUOTES_DQ="it's"`,
+    'BACKTICK=`both \' and "`',
+    'DOLLAR=$HOME$(id)${X}',
+    "DOLLAR_SQ='$(id) ${HOME}'",
+    'SPACED = spaced value   # a comment',
+    'export EXPORTED=yes',
+    'CRLF=crlf\r',
+    `PEM="${pem}"`,
+    `PEM_SQ='${pem}'`,
+    'PEM_ESCAPED="line1\\nline2"',
+    'EMPTY=',
+    'DOT.KEY=1',
+    'COLON: form',
+    '',
+  ].join('\n');
+  const roundTripValues: Record<string, string> = {
+    HASH_DQ: 'ab#c',
+    HASH_SQ: 'x#y#z',
+    EQUALS: 'a=b==c',
+    EQUALS_Q: 'k=v',
+    QUOTES_SQ: 'he said "hi"',
+    QUOTES_DQ: "it's",
+    BACKTICK: `both ' and "`,
+    DOLLAR: '$HOME$(id)${X}',
+    DOLLAR_SQ: '$(id) ${HOME}',
+    SPACED: 'spaced value',
+    EXPORTED: 'yes',
+    CRLF: 'crlf',
+    PEM: pem,
+    PEM_SQ: pem,
+    PEM_ESCAPED: 'line1\nline2',
+    EMPTY: '',
+    'DOT.KEY': '1',
+    COLON: 'form',
+  };
+  await t.test('secrets: every value dotenv reads whole is accepted and lands byte for byte', async (t) => {
+    t.same(parseDotenv(roundTrip), roundTripValues, 'the test data means what dotenv reads');
+    const r = await ssh('secrets roundtrip.env', roundTrip);
+    t.equal(r.code, 0, r.stderr);
+    t.match(r.stderr, /wrote env\/roundtrip\.env \(18 variables, mode 600\)/);
+    const written = readFileSync(join(prefix, 'env', 'roundtrip.env'));
+    t.equal(written.toString('utf8'), roundTrip, 'byte for byte');
+    t.same(parseDotenv(written), roundTripValues, 'dotenv reads the written file as meant');
+    t.notOk((r.stdout + r.stderr).includes('PRIVATE KEY'), 'no value echoed');
+  });
+
+  await t.test('secrets: what dotenv would cut, drop or misread is refused', async (t) => {
+    const file = join(prefix, 'env', 'refused.env');
+    t.equal((await ssh('secrets refused.env', 'KEEP=1\n')).code, 0);
+    const refused: [string, RegExp][] = [
+      [`P=${secret}#c\n`, /line 1: a # in an unquoted value cuts it there/],
+      [`P=#${secret}\n`, /line 1: a # in an unquoted value cuts it there/],
+      [`A=1\nP="${secret}\nB=2\n`, /line 2: the quoted value is never closed/],
+      [`P="${secret}" trailing\n`, /line 1: only a comment may follow a quoted value/],
+      [`P='${secret}'x\n`, /line 1: only a comment may follow a quoted value/],
+      [`this line leaks ${secret}\n`, /line 1 is not KEY=VALUE/],
+      [`P:${secret}\n`, /line 1 is not KEY=VALUE/],
+      [`export\nP=${secret}\n`, /line 1 is not KEY=VALUE/],
+      [`P=${secret}\0\n`, /contains a NUL byte/],
+      [`P=\x1b[31m${secret}\n`, /contains a control character/],
+      [`P=${secret}\u2028Q=1\n`, /U\+2028/],
+    ];
+    for (const [text, message] of refused) {
+      const r = await ssh('secrets refused.env', text);
+      t.equal(r.code, 1, `refused: ${JSON.stringify(text).replace(/[\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16)}`)}`);
+      t.match(r.stderr, message);
+      t.notOk((r.stdout + r.stderr).includes(secret), 'the value is not echoed');
+    }
+    t.equal(readFileSync(file, 'utf8'), 'KEEP=1\n', 'every refused upload left the staged file alone');
+  });
+
+  await t.test("secrets: compose's .env is held to what compose reads the same way, and never a placeholder", async (t) => {
+    const r = await ssh('secrets .env', `NATS_OPERATOR_PASS=${token}-op\nSINGLE='$dollar #hash "q"'\nSPACED="a b c"\n`);
+    t.equal(r.code, 0, r.stderr);
+    const refused: [string, RegExp][] = [
+      [`NATS_OPERATOR_PASS=p$(id)${secret}\n`, /compose reads \$, backslashes and quotes in an unquoted value differently/],
+      [`NATS_OPERATOR_PASS="\${HOME}${secret}"\n`, /compose interpolates \$ in double quotes/],
+      [`NATS_OPERATOR_PASS="a\\\\b${secret}"\n`, /backslash/],
+      [`A.B=${secret}\n`, /not a shell variable name/],
+      [`A: ${secret}\n`, /not KEY=VALUE/],
+      ['A=`' + secret + '`\n', /backquoted/],
+      [`NATS_SCHEDULER_PASS=scheduler-change-me\nNATS_OPERATOR_PASS=${secret}\n`, /line 1 \(NATS_SCHEDULER_PASS\) still holds a placeholder from \.env\.example/],
+      [`NATS_SCHEDULER_PASS='CHANGE-ME'\n`, /placeholder/],
+    ];
+    for (const [text, message] of refused) {
+      const bad = await ssh('secrets .env', text);
+      t.equal(bad.code, 1, `refused: ${JSON.stringify(text)}`);
+      t.match(bad.stderr, message);
+      t.notOk((bad.stdout + bad.stderr).includes(secret), 'the value is not echoed');
+    }
+    const dotenv = await ssh('secrets .env', `NATS_OPERATOR_PASS=${token}-op\n`);
+    t.equal(dotenv.code, 0, dotenv.stderr);
+  });
+
   // --- deploys -------------------------------------------------------------------------------------
   const rel1 = makeRelease('r1', {
     'docker-compose.yml': 'services:\n  brain:\n    image: ${BRAIN_IMAGE:-brain-pipeline:latest}\n',
@@ -191,7 +329,20 @@ ${extra}
     'nats/nats.conf': 'port: 4222 # v2\n',
   });
 
+  await t.test('a failed first deploy is marked failed and never becomes a rollback target', async (t) => {
+    writeFileSync(join(rec, 'unhealthy-brain-shafirst'), '');
+    const r = await ssh('deploy shafirst', rel1);
+    t.equal(r.code, 1);
+    t.match(r.stderr, /no previous release to roll back to/);
+    t.equal(currentTag(), 'shafirst', 'nothing else to run');
+    t.ok(existsSync(join(prefix, 'current', '.failed')), 'marked failed');
+    const s = await ssh('status');
+    t.match(s.stdout, /current: \S+ shafirst \(failed\)/);
+    unlinkSync(join(rec, 'unhealthy-brain-shafirst'));
+  });
+
   await t.test('a deploy lands the files and runs compose with the new tag', async (t) => {
+    const before = composeLog().length;
     const r = await ssh('deploy sha1111', rel1);
     t.equal(r.code, 0, r.stderr);
     t.equal(currentTag(), 'sha1111');
@@ -207,13 +358,22 @@ ${extra}
     t.equal(statSync(join(prefix, 'current', 'env', 'brain.env')).mode & 0o777, 0o600, 'release env file is 600');
     const dir = realpathSync(join(prefix, 'current'));
     t.same(
-      composeLog().filter((l) => !l.endsWith(' ps -a -q')),
+      composeLog()
+        .slice(before)
+        .filter((l) => !l.endsWith(' ps -a -q')),
       [
         `${image('sha1111')}|-p brain --project-directory ${dir} -f ${dir}/docker-compose.yml pull`,
         `${image('sha1111')}|-p brain --project-directory ${dir} -f ${dir}/docker-compose.yml up -d --remove-orphans`,
       ],
     );
     t.equal(readFileSync(join(prefix, 'state', 'current_tag'), 'utf8'), 'sha1111\n');
+    t.same(parseDotenv(readFileSync(join(prefix, 'current', 'env', 'roundtrip.env'))), roundTripValues, "dotenv reads the release's copy as meant");
+    t.equal(statSync(join(prefix, 'current', 'env', 'roundtrip.env')).mode & 0o777, 0o600);
+    t.notOk(existsSync(join(prefix, 'state', 'previous')), 'the failed first release was not recorded as previous');
+    const back = await ssh('rollback');
+    t.equal(back.code, 1, 'so there is nothing to roll back to');
+    t.match(back.stderr, /no previous release/);
+    t.equal(currentTag(), 'sha1111');
   });
 
   await t.test('files removed from the release disappear from the server', async (t) => {
@@ -275,6 +435,45 @@ ${extra}
     unlinkSync(join(rec, 'pull-fail'));
   });
 
+  await t.test('the default health check fails closed', async (t) => {
+    writeConf(`DOCKER_CMD=/bin/false\nHEALTH_TIMEOUT=0`);
+    let before = composeLog().length;
+    const asFalse = await ssh('deploy shafalse', rel1);
+    t.not(asFalse.code, 0, 'DOCKER_CMD=/bin/false does not deploy "successfully"');
+    t.match(asFalse.stderr, /health: docker inspect failed/);
+    t.notMatch(history(), /shafalse deployed/);
+    t.same(ups(before), [image('shafalse'), image('sha2222')], 'and it rolled back');
+    t.equal(currentTag(), 'sha2222');
+
+    writeConf('HEALTH_TIMEOUT=0');
+    writeFileSync(join(rec, 'inspect-fail-brain-shainsp'), '');
+    before = composeLog().length;
+    const failed = await ssh('deploy shainsp', rel1);
+    t.equal(failed.code, 1, 'a failed docker inspect is not healthy');
+    t.match(failed.stderr, /health: docker inspect failed/);
+    t.match(failed.stderr, /rolled back to sha2222/);
+    t.same(ups(before), [image('shainsp'), image('sha2222')]);
+
+    writeFileSync(join(rec, 'vanish-brain-shavanish'), '');
+    const vanished = await ssh('deploy shavanish', rel1);
+    t.equal(vanished.code, 1, 'a container that disappeared between ps and inspect is not healthy');
+    t.match(vanished.stderr, /health: 1 containers, docker inspect described 0/);
+    t.equal(currentTag(), 'sha2222');
+    t.notMatch(history(), /(shainsp|shavanish) deployed/);
+    writeConf();
+  });
+
+  await t.test('a staged .env that still holds a placeholder is refused at deploy', async (t) => {
+    const staged = join(prefix, 'env', '.env');
+    const good = readFileSync(staged);
+    writeFileSync(staged, 'NATS_SCHEDULER_PASS=scheduler-change-me\n', { mode: 0o600 });
+    const r = await ssh('deploy shaplace', rel1);
+    t.equal(r.code, 1);
+    t.match(r.stderr, /env\/\.env: line 1 \(NATS_SCHEDULER_PASS\) still holds a placeholder from \.env\.example/);
+    t.equal(currentTag(), 'sha2222', 'nothing changed');
+    writeFileSync(staged, good);
+  });
+
   await t.test('status and manual rollback', async (t) => {
     const s = await ssh('status');
     t.equal(s.code, 0, s.stderr);
@@ -287,6 +486,35 @@ ${extra}
     t.match(composeLog().at(-2) ?? '', new RegExp(`^${image('sha1111')}\\|.* up -d --remove-orphans$`));
   });
 
+  await t.test('a client that disconnects mid-deploy does not stop it: it rolls back all the same', async (t) => {
+    // `current` is sha1111 now. The new release hangs in `up`, then writes to the client (gone by
+    // then) and fails its health check: the deploy must still roll back to sha1111.
+    writeFileSync(join(rec, 'up-sleep-shagone'), '3');
+    writeFileSync(join(rec, 'unhealthy-brain-shagone'), '');
+    const child = spawn('ssh', sshArgs(server, user, key, { command: 'deploy shagone' }), { stdio: ['pipe', 'ignore', 'ignore'] });
+    const closed = new Promise<void>((r) => child.once('close', () => r()));
+    child.stdin.end(rel2);
+    const deadline = Date.now() + 20_000;
+    while (!composeLog().some((l) => l.startsWith(`${image('shagone')}|`) && l.endsWith(' up -d --remove-orphans'))) {
+      if (Date.now() > deadline) throw new Error('the deploy never reached up');
+      await sleep(100);
+    }
+    t.equal(currentTag(), 'shagone', 'killed while the new release is current and in `up`');
+    child.kill('SIGKILL');
+    await closed;
+    while (!/shagone failed/.test(history())) {
+      if (Date.now() > deadline + 20_000) throw new Error(`the deploy never finished:\n${history()}`);
+      await sleep(200);
+    }
+    t.match(history(), /shagone failed, rolled back to sha1111/);
+    t.equal(currentTag(), 'sha1111', 'current ends on the previous release');
+    const log = readFileSync(join(prefix, 'state', 'deploy.log'), 'utf8');
+    t.match(log, /fake up: shagone done/, 'what the client missed is in state/deploy.log');
+    t.match(log, /rolled back to sha1111/);
+    // The lock is free again once the deploy is done.
+    t.equal((await ssh('status')).code, 0);
+  });
+
   await t.test('the release tarball is checked', async (t) => {
     const link = join(root, 'src', 'evil');
     mkdirSync(link, { recursive: true });
@@ -297,7 +525,121 @@ ${extra}
     t.not((await ssh('deploy shaevil', makeRelease('nodotenv', { 'docker-compose.yml': 'x', '.env': 'A=1' }))).code, 0, '.env refused');
     t.not((await ssh('deploy shaevil', makeRelease('nocompose', { 'x.txt': 'x' }))).code, 0, 'compose file required');
     t.not((await ssh('deploy shaevil', 'not a tarball')).code, 0, 'garbage refused');
+
+    // Member names tar writes to .env or .brain-release all the same.
+    const src = join(root, 'src', 'sneaky');
+    mkdirSync(src, { recursive: true });
+    writeFileSync(join(src, 'docker-compose.yml'), 'services: {}\n');
+    writeFileSync(join(src, '.env'), 'NATS_OPERATOR_PASS=planted\n', { mode: 0o644 });
+    writeFileSync(join(src, '.brain-release'), 'TAG=planted\n');
+    for (const [member, prefixed] of [
+      ['.env', '././'],
+      ['.env', './/'],
+      ['.env', './././/'],
+      ['.brain-release', '././'],
+    ] as const) {
+      const tarball = execFileSync('tar', ['-cf', '-', '-C', src, '--transform', `s,^\\.,${prefixed}.,`, 'docker-compose.yml', member]);
+      t.ok(execFileSync('tar', ['-tf', '-'], { input: tarball }).toString().includes(`${prefixed}${member}`), `the tar holds ${prefixed}${member}`);
+      const r = await ssh('deploy shaevil', tarball);
+      t.equal(r.code, 1, `${prefixed}${member} refused`);
+      t.match(r.stderr, /must not contain \.env, \.brain-release or \.failed/);
+    }
+
+    // A compressed upload is refused: its size would not bound what it unpacks to.
+    const big = join(root, 'src', 'big');
+    mkdirSync(big, { recursive: true });
+    writeFileSync(join(big, 'docker-compose.yml'), 'services: {}\n');
+    writeFileSync(join(big, 'zeros'), Buffer.alloc(20 * 1024 * 1024));
+    const gz = execFileSync('tar', ['-czf', '-', '-C', big, '.'], { maxBuffer: 64 * 1024 * 1024 });
+    t.ok(gz.length < 1024 * 1024, 'a small gzip of 20 MB');
+    const zipped = await ssh('deploy shaevil', gz);
+    t.equal(zipped.code, 1, 'gzip refused');
+    t.match(zipped.stderr, /not an uncompressed tar archive/);
+    unlinkSync(join(big, 'zeros'));
+    // A sparse member: 100 MB listed in a 10 KB tar.
+    execFileSync('truncate', ['-s', '100M', join(big, 'sparse')]);
+    const sparse = execFileSync('tar', ['-S', '-cf', '-', '-C', big, '.']);
+    t.ok(sparse.length < 1024 * 1024);
+    const unpacked = await ssh('deploy shaevil', sparse);
+    t.equal(unpacked.code, 1, 'the sum of the listed sizes is capped');
+    t.match(unpacked.stderr, /unpacks to more than 52428800 bytes/);
+    // Too many members.
+    writeConf('MAX_RELEASE_FILES=5');
+    const many: Record<string, string> = { 'docker-compose.yml': 'services: {}\n' };
+    for (let i = 0; i < 8; i++) many[`f${i}`] = 'x';
+    const crowd = await ssh('deploy shaevil', makeRelease('many', many));
+    t.equal(crowd.code, 1);
+    t.match(crowd.stderr, /more than 5 members/);
+    writeConf();
+    t.notOk(existsSync(join(prefix, 'current', 'zeros')));
     t.equal(currentTag(), 'sha1111', 'nothing changed');
+  });
+
+  await t.test('old releases with read-only directories are pruned, and pruning never fails a deploy', async (t) => {
+    writeConf('KEEP_RELEASES=1');
+    const ro = join(root, 'src', 'readonly');
+    mkdirSync(join(ro, 'locked'), { recursive: true });
+    writeFileSync(join(ro, 'docker-compose.yml'), 'services: {}\n');
+    writeFileSync(join(ro, 'locked', 'file'), 'x\n');
+    chmodSync(join(ro, 'locked'), 0o555);
+    const tarball = execFileSync('tar', ['-cf', '-', '-C', ro, '.']);
+    const first = await ssh('deploy sharo1', tarball);
+    t.equal(first.code, 0, first.stderr);
+    const roRelease = realpathSync(join(prefix, 'current'));
+    t.equal(statSync(join(roRelease, 'locked')).mode & 0o777, 0o555, 'the release holds a read-only directory');
+    for (const tag of ['sharo2', 'sharo3']) {
+      const r = await ssh(`deploy ${tag}`, rel2);
+      t.equal(r.code, 0, `${tag}: a successful deploy exits 0 (${r.stderr})`);
+    }
+    t.notOk(existsSync(roRelease), 'the read-only release was pruned');
+    t.equal(currentTag(), 'sharo3');
+    writeConf();
+  });
+
+  await t.test('the forced command trusts neither its environment nor a config file others could write', async (t) => {
+    const planted = join(rec, 'planted-bash-env');
+    const plantedConf = join(rec, 'planted-conf');
+    const plant = join(root, 'plant.sh');
+    writeFileSync(plant, `touch ${planted}\n`, { mode: 0o644 });
+    const evilConf = join(root, 'evil.conf');
+    writeFileSync(evilConf, `BRAIN_IMAGE_REPO=evil.test/x\ntouch ${plantedConf}\n`, { mode: 0o644 });
+    const setEnv = ['-o', `SetEnv=BASH_ENV=${plant} BRAIN_DEPLOY_CONF=${evilConf}`];
+
+    // Control: with the forced command of old (no `env -i`), this sshd hands BASH_ENV to bash.
+    const authorized = join(home, '.ssh', 'authorized_keys');
+    const safe = readFileSync(authorized, 'utf8');
+    writeFileSync(authorized, safe.replace(/^command="[^"\\]*(?:\\.[^"\\]*)*"/, `command="${prefix}/deploy.sh"`));
+    t.equal((await ssh('status', '', setEnv)).code, 0);
+    t.ok(existsSync(planted), 'control: sshd passes BASH_ENV and bash runs it');
+    unlinkSync(planted);
+    writeFileSync(authorized, safe);
+
+    const r = await ssh('status', '', setEnv);
+    t.equal(r.code, 0, r.stderr);
+    t.match(r.stdout, /current: \S+ sharo3/, 'the real config was read');
+    t.notOk(existsSync(planted), 'BASH_ENV did not run');
+    t.notOk(existsSync(plantedConf), 'BRAIN_DEPLOY_CONF was not read');
+
+    const conf = join(prefix, 'deploy.conf');
+    chownSync(conf, uid, gid);
+    const owned = await ssh('status');
+    t.equal(owned.code, 2, 'a config the deploy user owns is refused');
+    t.match(owned.stderr, /deploy\.conf is not owned by root/);
+    chownSync(conf, 0, 0);
+    chmodSync(conf, 0o664);
+    const writable = await ssh('status');
+    t.equal(writable.code, 2, 'a group-writable config is refused');
+    t.match(writable.stderr, /writable by group or others/);
+    chmodSync(conf, 0o644);
+    const real = readFileSync(conf);
+    unlinkSync(conf);
+    symlinkSync(evilConf, conf);
+    const linked = await ssh('status');
+    t.equal(linked.code, 2, 'a symlinked config is refused');
+    t.notOk(existsSync(plantedConf));
+    unlinkSync(conf);
+    writeFileSync(conf, real, { mode: 0o644 });
+    t.equal((await ssh('status')).code, 0);
   });
 
   // --- the key can do nothing else ---------------------------------------------------------------
@@ -437,6 +779,84 @@ ${extra}
     t.notOk(all.includes(token), 'API_TOKEN value not echoed');
     t.notOk(all.includes(ciSecret), 'CI secret not echoed');
     t.notOk(readFileSync(join(rec, 'compose.log'), 'utf8').includes(secret));
+    const log = readFileSync(join(prefix, 'state', 'deploy.log'), 'utf8');
+    for (const value of [secret, token, ciSecret, 'PRIVATE KEY']) t.notOk(log.includes(value), 'state/deploy.log holds no secret');
+  });
+});
+
+t.test('the installer never takes over or damages an account that is not its own', { timeout: 60_000 }, async (t) => {
+  if (cannotRun !== undefined) {
+    t.fail(cannotRun);
+    return;
+  }
+  const root = mkdtempSync(join(tmpdir(), 'brain-install-'));
+  chmodSync(root, 0o755);
+  const key = join(root, 'id_ed25519');
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'ci-deploy', '-f', key]);
+  const users: string[] = [];
+  t.teardown(() => {
+    for (const u of users) {
+      spawnSync('userdel', [u], { stdio: 'ignore' });
+      spawnSync('groupdel', [u], { stdio: 'ignore' });
+    }
+    rmSync(root, { recursive: true, force: true });
+  });
+  const newUser = (tag: string, args: string[]) => {
+    const name = `bd${tag}${randomBytes(3).toString('hex')}`;
+    execFileSync('useradd', [...args, name]);
+    users.push(name);
+    return name;
+  };
+  const shadow = (name: string) => execFileSync('getent', ['shadow', name], { encoding: 'utf8' });
+  const groups = (name: string) => execFileSync('id', ['-nG', name], { encoding: 'utf8' }).trim().split(' ');
+  const install = (name: string, ...extra: string[]) =>
+    spawnSync(
+      'bash',
+      [join(repo, 'deploy', 'install-deploy-user.sh'), '--user', name, '--prefix', join(root, `opt-${name}`), '--key', `${key}.pub`, '--image-repo', 'registry.test/acme/brain', ...extra],
+      { encoding: 'utf8' },
+    );
+
+  await t.test('a regular login account is refused and left as it was', async (t) => {
+    const name = newUser('reg', ['--create-home', '--home-dir', join(root, 'home-reg'), '--shell', '/bin/bash', '--password', '$6$saltsalt$notarealhash']);
+    const before = [shadow(name), groups(name)];
+    const r = install(name);
+    t.not(r.status, 0);
+    t.match(r.stderr, /exists and is not a system user/);
+    t.same([shadow(name), groups(name)], before, 'password and groups untouched');
+    t.notOk(existsSync(join(root, 'home-reg', '.ssh', 'authorized_keys')));
+    t.notOk(existsSync(join(root, `opt-${name}`)), 'nothing was installed');
+  });
+
+  await t.test('a system account in the sudo group is refused before anything changes', async (t) => {
+    const name = newUser('sudo', ['--system', '--no-create-home', '--home-dir', join(root, 'home-sudo'), '--groups', 'sudo']);
+    const before = [shadow(name), groups(name)];
+    t.notOk(before[1]?.includes('docker'));
+    const r = install(name); // with the docker group: the old installer added it before checking sudo
+    t.not(r.status, 0);
+    t.match(r.stderr, /is in the sudo group/);
+    t.same([shadow(name), groups(name)], before, 'password untouched, not added to docker');
+  });
+
+  await t.test('a system account with a password is refused', async (t) => {
+    const name = newUser('pw', ['--system', '--no-create-home', '--home-dir', join(root, 'home-pw'), '--password', '$6$saltsalt$notarealhash']);
+    const before = shadow(name);
+    const r = install(name, '--no-docker-group');
+    t.not(r.status, 0);
+    t.match(r.stderr, /has a password/);
+    t.equal(shadow(name), before);
+  });
+
+  await t.test("an existing system account is set up in the home the passwd database names", async (t) => {
+    const home = join(root, 'var', 'lib', 'brain-deploy');
+    mkdirSync(join(root, 'var', 'lib'), { recursive: true });
+    const name = newUser('sys', ['--system', '--create-home', '--home-dir', home, '--shell', '/bin/sh']);
+    const r = install(name, '--no-docker-group');
+    t.equal(r.status, 0, r.stderr);
+    t.ok(existsSync(join(home, '.ssh', 'authorized_keys')), 'authorized_keys in its own home');
+    t.notOk(existsSync(join('/home', name)), 'not in an assumed /home/<user>');
+    const other = install(name, '--no-docker-group', '--home', join(root, 'elsewhere'));
+    t.not(other.status, 0, 'a --home that contradicts the account is refused');
+    t.match(other.stderr, /exists with home/);
   });
 });
 

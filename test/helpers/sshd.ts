@@ -28,9 +28,11 @@ export async function freeLoopbackPort(): Promise<number> {
 /**
  * Starts a private sshd (must run as root) on 127.0.0.1 with its own host key and config in `dir`,
  * accepting only public-key logins by `allowUser` (whose authorized_keys does the restricting).
+ * `acceptEnv` names variables the client may pass (`AcceptEnv`): a careless server config, for the
+ * tests that prove the forced command does not trust its environment.
  */
-export async function startSshd(opts: { dir: string; allowUser: string }): Promise<Sshd> {
-  const { dir, allowUser } = opts;
+export async function startSshd(opts: { dir: string; allowUser: string; acceptEnv?: readonly string[] }): Promise<Sshd> {
+  const { dir, allowUser, acceptEnv = [] } = opts;
   const hostKey = join(dir, 'ssh_host_ed25519_key');
   execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'brain-test-host', '-f', hostKey]);
   // sshd's privilege-separation directory; Debian creates it at boot, containers may lack it.
@@ -62,6 +64,7 @@ export async function startSshd(opts: { dir: string; allowUser: string }): Promi
         'X11Forwarding no',
         'PrintMotd no',
         'PermitUserEnvironment no',
+        ...(acceptEnv.length > 0 ? [`AcceptEnv ${acceptEnv.join(' ')}`] : []),
         'Subsystem sftp internal-sftp',
         'LogLevel VERBOSE',
         '',
@@ -121,14 +124,14 @@ export interface SshResult {
   stderr: string;
 }
 
-/** Runs the OpenSSH client against `sshd` as `user` with `identity`, ignoring every user/system ssh config. */
-export function sshRun(
+/** The OpenSSH client's arguments for `sshd` as `user` with `identity`, ignoring every user/system ssh config. */
+export function sshArgs(
   sshd: Pick<Sshd, 'port' | 'knownHosts'>,
   user: string,
   identity: string,
-  run: { command?: string; options?: readonly string[]; input?: Buffer | string; timeoutMs?: number },
-): Promise<SshResult> {
-  const base = [
+  run: { command?: string; options?: readonly string[] },
+): string[] {
+  return [
     '-F', '/dev/null',
     '-i', identity,
     '-p', String(sshd.port),
@@ -141,10 +144,21 @@ export function sshRun(
     '-o', 'ConnectTimeout=5',
     '-o', 'LogLevel=ERROR',
     '-l', user,
+    ...(run.options ?? []),
+    '127.0.0.1',
+    ...(run.command === undefined ? [] : [run.command]),
   ];
+}
+
+/** Runs the OpenSSH client against `sshd` as `user` with `identity` (see `sshArgs`). */
+export function sshRun(
+  sshd: Pick<Sshd, 'port' | 'knownHosts'>,
+  user: string,
+  identity: string,
+  run: { command?: string; options?: readonly string[]; input?: Buffer | string; timeoutMs?: number },
+): Promise<SshResult> {
   return new Promise((resolve, reject) => {
-    const args = [...base, ...(run.options ?? []), '127.0.0.1', ...(run.command === undefined ? [] : [run.command])];
-    const child = spawn('ssh', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('ssh', sshArgs(sshd, user, identity, run), { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     const timer = setTimeout(() => child.kill('SIGKILL'), run.timeoutMs ?? 20_000);

@@ -141,9 +141,10 @@ const REQUIRED: Record<ServiceName, (keyof Raw)[]> = {
  * Validates the environment for the given services and reports every problem at once.
  * @throws ConfigError listing each problem, one per line.
  */
-export function loadConfig(env: NodeJS.ProcessEnv, services: readonly ServiceName[]): Config {
-  const parsed = schema.safeParse(env);
+export function loadConfig(given: NodeJS.ProcessEnv, services: readonly ServiceName[]): Config {
   const problems: string[] = [];
+  const env = withPasswordFile(given, problems);
+  const parsed = schema.safeParse(env);
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
       const value = env[String(issue.path[0])];
@@ -205,6 +206,21 @@ export function loadConfig(env: NodeJS.ProcessEnv, services: readonly ServiceNam
     logLevel: raw.LOG_LEVEL,
     health: { port: raw.HEALTH_PORT, host: raw.HEALTH_HOST },
   };
+}
+
+/**
+ * NATS_PASS_FILE names a file whose first line is the password, used when NATS_PASS is empty: the compose stack
+ * generates its passwords into a volume (deploy/nats/passwords.sh) and each service reads its own file.
+ */
+function withPasswordFile(env: NodeJS.ProcessEnv, problems: string[]): NodeJS.ProcessEnv {
+  const file = (env.NATS_PASS_FILE ?? '').trim();
+  if (file === '' || (env.NATS_PASS ?? '').trim() !== '') return env;
+  try {
+    return { ...env, NATS_PASS: readFileSync(file, 'utf8').split('\n')[0] ?? '' };
+  } catch (err) {
+    problems.push(`NATS_PASS_FILE: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'unknown error'})`);
+    return env;
+  }
 }
 
 /** The process environment overlaid on an optional `.env` file (the environment wins). */

@@ -354,15 +354,18 @@ export interface PartState {
   differences: TopologyDifference[];
 }
 
+const who = (user: string | undefined) => (user !== undefined ? `NATS user "${user}"` : 'this NATS connection');
+
 /** The server's config of one part; null when it does not exist. Read-only (an INFO request). */
-async function readPart(jsm: JetStreamManager, part: Part): Promise<Record<string, unknown> | null> {
+async function readPart(jsm: JetStreamManager, part: Part, user?: string): Promise<Record<string, unknown> | null> {
   try {
     if (part.kind === 'stream') return (await jsm.streams.info(part.name)).config as unknown as Record<string, unknown>;
     return (await jsm.consumers.info(part.stream, part.name)).config as unknown as Record<string, unknown>;
   } catch (err) {
     if (isApiError(err, JetStreamApiCodes.StreamNotFound) || isApiError(err, JetStreamApiCodes.ConsumerNotFound)) return null;
     if (isPermissionDenied(err)) {
-      throw new TopologyError('unreadable', [`may not read ${part.label}`], `this NATS user may not read ${part.label}: ${(err as Error).message}`, { cause: err });
+      const problem = `${who(user)} may not read ${part.label}`;
+      throw new TopologyError('unreadable', [problem], `${problem} (${(err as Error).message}); \`brain setup\` runs as the admin NATS user`, { cause: err });
     }
     throw err;
   }
@@ -376,25 +379,24 @@ const problemsOf = (states: readonly PartState[]) =>
  * @throws TopologyError `cannot-converge` when replicas are wanted from a server outside a cluster (it would
  *   accept and record them, and keep one copy).
  */
-export async function inspectTopology(nc: NatsConnection, topology: Topology): Promise<PartState[]> {
+export async function inspectTopology(nc: NatsConnection, topology: Topology, opts: { user?: string } = {}): Promise<PartState[]> {
   if (topology.replicas > 1 && (nc.info?.cluster ?? '') === '') {
     throw cannotConverge([`NATS_REPLICAS=${topology.replicas} but the NATS server ${nc.info?.server_name ?? ''} is not part of a cluster: it keeps one copy (use NATS_REPLICAS=1)`]);
   }
   const jsm = await jetstreamManager(nc);
   const states: PartState[] = [];
   for (const part of topology.parts) {
-    const config = await readPart(jsm, part);
+    const config = await readPart(jsm, part, opts.user);
     states.push({ part: part.label, missing: config === null, differences: config === null ? [] : differencesOf(part, config) });
   }
   return states;
 }
 
 function refused(user: string | undefined, problems: string[], cause: unknown): TopologyError {
-  const who = user !== undefined ? `NATS user "${user}"` : 'this NATS connection';
   return new TopologyError(
     'refused',
     problems,
-    `${problems.join('; ')}: ${who} may not create or update the NATS topology; run \`brain setup\` with the admin NATS user (compose: \`docker compose run --rm setup\`), then start again`,
+    `${problems.join('; ')}: ${who(user)} may not create or update the NATS topology; run \`brain setup\` with the admin NATS user (compose: \`docker compose run --rm setup\`), then start again`,
     { cause },
   );
 }
@@ -439,7 +441,7 @@ function apiRefusal(action: string, part: Part, differences: readonly TopologyDi
 export async function convergeTopology(nc: NatsConnection, topology: Topology, opts: { user?: string } = {}): Promise<TopologyChange[]> {
   const jsm = await jetstreamManager(nc);
   const changes: TopologyChange[] = [];
-  const states = await inspectTopology(nc, topology);
+  const states = await inspectTopology(nc, topology, opts);
   for (const [i, part] of topology.parts.entries()) {
     const state = states[i];
     if (state === undefined || (!state.missing && state.differences.length === 0)) continue;
@@ -452,7 +454,7 @@ export async function convergeTopology(nc: NatsConnection, topology: Topology, o
           action = 'created';
         } catch (err) {
           // Created by someone else meanwhile (StreamNameExist and the like): compare with theirs.
-          const config = err instanceof JetStreamApiError ? await readPart(jsm, part) : null;
+          const config = err instanceof JetStreamApiError ? await readPart(jsm, part, opts.user) : null;
           if (config === null) throw err;
           differences = differencesOf(part, config);
           if (differences.length === 0) continue;
@@ -474,7 +476,7 @@ export async function convergeTopology(nc: NatsConnection, topology: Topology, o
   }
   if (changes.length > 0) {
     // The server may accept a setting and keep another (a single server caps replicas at 1): read it back.
-    const left = problemsOf(await inspectTopology(nc, topology));
+    const left = problemsOf(await inspectTopology(nc, topology, opts));
     if (left.length > 0) throw cannotConverge(left.map((p) => `${p} after the update (the server keeps its own value)`));
   }
   return changes;
@@ -486,7 +488,7 @@ export async function convergeTopology(nc: NatsConnection, topology: Topology, o
  * @throws TopologyError naming each differing setting and saying to run `brain setup`.
  */
 export async function verifyTopology(nc: NatsConnection, topology: Topology, opts: { user?: string } = {}): Promise<TopologyChange[]> {
-  const states = await inspectTopology(nc, topology);
+  const states = await inspectTopology(nc, topology, opts);
   if (states.every((s) => !s.missing && s.differences.length === 0)) return [];
   return convergeTopology(nc, topology, opts);
 }

@@ -12,14 +12,15 @@ import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { SERVICE_NAMES, loadConfig } from '../shared/config';
 import { LABELS } from '../shared/docker';
 import { ENV_FILES } from '../shared/envfile';
 import { STAGES } from '../shared/events';
-import { EVENTS_STREAM, LOCKS_BUCKET, LOGS_STREAM } from '../shared/nats';
+import { CONSUMERS, EVENTS_STREAM, LOCKS_BUCKET, LOGS_STREAM, RUNS_BUCKET, bucketStream, isPermissionDenied } from '../shared/nats';
 import { runServices, type RunningServices } from '../cli/run';
+import { runSetup } from '../cli/commands/setup';
 import { TEST_IMAGES, standInStageEnv } from './fixtures/build-images';
 import { Pipeline, docker, uid, waitForContainer, type EnvFileKey, type RecordedEvent } from './helpers/pipeline';
 import { NATS_ROLES, startAuthNatsServer, type NatsRole } from './helpers/nats-auth';
@@ -77,7 +78,7 @@ async function removeContainersOf(runIds: readonly string[]): Promise<void> {
  * image, exactly the three configured bind mounts, no privileges, the configured network, and an
  * environment of the env file plus BRAIN_RUN_ID / BRAIN_STAGE (and the image's own variables).
  */
-async function checkTransformContainer(t: tap.Test, p: Pipeline, runId: string, transformEnv: Record<string, string>, network: string | undefined): Promise<void> {
+async function checkTransformContainer(t: tap.Test, p: Pipeline, runId: string, transformEnv: Record<string, string>, network: string | undefined): Promise<string> {
   await p.publish('transform.trigger', { runId, reason: 'inspect' });
   const found = await waitForContainer(runId, 'transform');
   const info = await docker.getContainer(found.Id).inspect();
@@ -116,6 +117,7 @@ async function checkTransformContainer(t: tap.Test, p: Pipeline, runId: string, 
   const end = await p.waitForRunEnd(runId);
   t.equal(end.data.outcome, 'no-new-data', 'the inspected run completed');
   t.same(await p.containers(runId), [], 'its container was removed');
+  return info.Name.replace(/^\//, '');
 }
 
 t.test('11. no event payload chooses the image, mounts, environment, privileges or network of a container', async (t) => {
@@ -156,8 +158,9 @@ t.test('11. no event payload chooses the image, mounts, environment, privileges 
   t.same(p.logBatches.filter((b) => ids.has(String(b.data.runId))), [], 'no container output for a hostile event');
   t.same(await containersCreatedFor(ids, since, Math.floor(Date.now() / 1000) + 1), [], 'dockerd created no container for a hostile event');
 
-  await checkTransformContainer(t, p, valid, transformEnv, undefined);
-  t.same(await containersCreatedFor(new Set([valid]), since, Math.floor(Date.now() / 1000) + 1), [`brain-transform-${valid}`], 'the same query sees the valid run’s container');
+  const name = await checkTransformContainer(t, p, valid, transformEnv, undefined);
+  t.match(name, new RegExp(`^brain-transform-.*${valid}$`), 'the valid run’s container is named after its stage and run');
+  t.same(await containersCreatedFor(new Set([valid]), since, Math.floor(Date.now() / 1000) + 1), [name], 'the same query sees the valid run’s container');
 });
 
 t.test('11. CONTAINER_NETWORK, not the event, picks the network', async (t) => {
@@ -205,6 +208,7 @@ const EVENT_SUBJECTS = [
 
 /** What each user of deploy/nats/auth.conf may publish among EVENT_SUBJECTS. */
 const MAY_PUBLISH: Record<NatsRole, string[]> = {
+  admin: [],
   scheduler: ['transform.trigger'],
   transformer: ['transform.done', 'data.new', 'rejected.transform.trigger', 'logs.transform.probe'],
   loader: ['load.done', 'model.trigger', 'rejected.data.new', 'logs.load-processed.probe', 'logs.load-viz.probe'],
@@ -232,6 +236,11 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
   for (const dir of Object.values(dirs)) mkdirSync(dir);
   const envFiles: Record<EnvFileKey, string> = { transform: 'NEW_DATA=1', loadProcessed: 'TARGET=processed', loadViz: 'TARGET=viz', modelTrigger: 'MISMATCH=1', train: '' };
   for (const [key, text] of Object.entries(envFiles)) writeFileSync(join(dirs.env, ENV_FILES[key as EnvFileKey]), `${text}\n`);
+
+  // The topology first, as the admin user: the services may only read it.
+  const setupOutput: string[] = [];
+  const setupCode = await runSetup({ NATS_URL: server.url, NATS_USER: 'admin', NATS_PASS: server.passwords.admin }, (l) => setupOutput.push(l), (l) => setupOutput.push(l));
+  t.equal(setupCode, 0, '`brain setup` as admin creates the topology', { setupOutput });
 
   const as: Partial<Record<NatsRole, NatsConnection>> = {};
   const refused: Partial<Record<NatsRole, string[]>> = {};
@@ -280,7 +289,7 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
   await as.operator?.flush();
   const deadline = Date.now() + 60_000;
   const eventsOfRun = () =>
-    seen.filter((m) => !m.subject.startsWith('logs.') && !m.subject.startsWith('$') && !m.subject.startsWith('_INBOX.') && m.data.includes(`"runId":"${runId}"`));
+    seen.filter((m) => !m.subject.startsWith('logs.') && !m.subject.startsWith('$') && !m.subject.startsWith('_INBOX') && m.data.includes(`"runId":"${runId}"`));
   while (!eventsOfRun().some((m) => m.subject === 'model.done' || /"outcome":"failed"/.test(m.data)) && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -337,6 +346,136 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
     const after = await kv.get(key);
     t.same([after?.string(), after?.revision, await kv.get(`${key}-new`)], ['held', revision, null], `the lock is unchanged after ${role}'s attempts`);
   }
+
+  // The runs bucket: every stage service writes and reads it; the scheduler, the monitor and the operator cannot write it.
+  for (const role of ['transformer', 'loader', 'model-gate', 'trainer'] as const) {
+    const kv = await new Kvm(as[role] as NatsConnection).open(RUNS_BUCKET);
+    const runKey = `${role}-${randomBytes(4).toString('hex')}.probe`;
+    const rev = await kv.put(runKey, role);
+    t.same([(await kv.get(runKey))?.string(), (await kv.get(runKey))?.revision], [role, rev], `${role} writes and reads the runs bucket`);
+  }
+  const record = `probe-${randomBytes(4).toString('hex')}.transform`;
+  await (await new Kvm(as.transformer as NatsConnection).open(RUNS_BUCKET)).put(record, 'started');
+  for (const role of ['monitor', 'operator'] as const) {
+    const kv = await new Kvm(as[role] as NatsConnection).open(RUNS_BUCKET);
+    t.equal((await kv.get(record))?.string(), 'started', `${role} reads the runs bucket`);
+    t.ok(await permissionRefused(kv.put(record, 'forged')), `${role} cannot write the runs bucket`);
+  }
+  t.ok(await permissionRefused((await new Kvm(as.scheduler as NatsConnection).open(RUNS_BUCKET)).put(record, 'forged')), 'the scheduler cannot write the runs bucket');
+  t.equal((await (await new Kvm(as.monitor as NatsConnection).open(RUNS_BUCKET)).get(record))?.string(), 'started', 'the run record is unchanged');
+});
+
+/** Resolves true when the operation is refused with the client's permission error (by class), false when it succeeds. */
+async function permissionRefused(operation: Promise<unknown>): Promise<boolean> {
+  try {
+    await operation;
+    return false;
+  } catch (err) {
+    if (isPermissionDenied(err)) return true;
+    throw err;
+  }
+}
+
+/** Subscribes and waits for the server's verdict: the client's permission error when refused, null when the subscription stands. */
+async function subscriptionRefusal(nc: NatsConnection, subject: string): Promise<Error | null> {
+  const sub = nc.subscribe(subject, { callback: () => undefined });
+  // The server answers a SUB before the PING behind it: after the flush a refusal has arrived.
+  await nc.flush();
+  if (!sub.isClosed()) {
+    sub.unsubscribe();
+    return null;
+  }
+  const err = await sub.closed;
+  return err instanceof Error ? err : null;
+}
+
+const SERVICE_ROLES = ['scheduler', 'transformer', 'loader', 'model-gate', 'trainer'] as const;
+
+t.test('12. each role receives only its own replies and deliveries, and only admin changes the topology', async (t) => {
+  const server = await startAuthNatsServer();
+  const connections: NatsConnection[] = [];
+  t.teardown(async () => {
+    await Promise.allSettled(connections.map((nc) => nc.close()));
+    await server.stop();
+    server.cleanup();
+  });
+  const setup = async () => {
+    const lines: string[] = [];
+    const code = await runSetup({ NATS_URL: server.url, NATS_USER: 'admin', NATS_PASS: server.passwords.admin }, (l) => lines.push(l), (l) => lines.push(l));
+    return { code, lines };
+  };
+  const first = await setup();
+  t.equal(first.code, 0, 'brain setup as admin', { lines: first.lines });
+  const as = {} as Record<NatsRole, NatsConnection>;
+  for (const role of NATS_ROLES) {
+    as[role] = await server.connectAs(role, `probe-${role}`);
+    connections.push(as[role]);
+  }
+
+  // Inboxes: a service user subscribes to its own prefix, never to the shared `_INBOX.>` nor to another role's.
+  for (const role of SERVICE_ROLES) {
+    t.equal(await subscriptionRefusal(as[role], `_INBOX_${role}.>`), null, `${role} may subscribe to its own inbox prefix _INBOX_${role}`);
+    for (const other of ['_INBOX', ...NATS_ROLES.filter((r) => r !== role).map((r) => `_INBOX_${r}`)]) {
+      const err = await subscriptionRefusal(as[role], `${other}.>`);
+      t.ok(
+        isPermissionDenied(err) && (err as Error & { operation?: string }).operation === 'subscription',
+        `${role} may not subscribe to ${other}.> (refused with a subscription permission violation)`,
+      );
+    }
+  }
+  // The attack of issue 15: the scheduler receiving the transformer's pull deliveries and terminating them.
+  const overheard: string[] = [];
+  const spy = as.scheduler.subscribe('_INBOX_transformer.>', { callback: (err, m) => void (err === null && overheard.push(m.subject)) });
+  const schedulerRefused = refusedPublishes(as.scheduler);
+  await as.scheduler.flush();
+  t.ok(spy.isClosed() && isPermissionDenied(await spy.closed), "the scheduler's subscription to the transformer's inbox is refused");
+  const probe = uid('inbox');
+  as.operator.publish('transform.trigger', JSON.stringify({ runId: probe, reason: 'probe' }));
+  await as.operator.flush();
+  const delivery = await (await jetstream(as.transformer).consumers.get(EVENTS_STREAM, CONSUMERS.transformer.durable)).next({ expires: 5000 });
+  t.ok(delivery?.string().includes(probe), 'the transformer pulls the trigger through its own inbox');
+  t.same(overheard, [], 'the scheduler received none of it');
+  // JsMsg's implementation carries the ack subject the delivery came with.
+  const ackSubject = (delivery as unknown as { reply: string } | null)?.reply ?? '';
+  t.match(ackSubject, /^\$JS\.ACK\.BRAIN_EVENTS\.transformer\./, 'the delivery names its ack subject');
+  as.scheduler.publish(ackSubject, '+TERM');
+  await as.scheduler.flush();
+  // The client reports the refusal through its status stream, a moment after the flush.
+  for (const deadline = Date.now() + 3000; !schedulerRefused.includes(ackSubject) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  t.ok(schedulerRefused.includes(ackSubject), 'the scheduler cannot terminate it (its +TERM is refused)');
+  const pending = await (await jetstreamManager(as.operator)).consumers.info(EVENTS_STREAM, CONSUMERS.transformer.durable);
+  t.same([pending.num_ack_pending, pending.ack_floor.stream_seq], [1, 0], 'the delivery is still pending for the transformer');
+  t.equal(await delivery?.ackAck(), true, 'the transformer still acknowledges it');
+
+  // Topology: no user but admin can change it.
+  const eventsBefore = (await (await jetstreamManager(as.admin)).streams.info(EVENTS_STREAM)).config;
+  const locksBefore = (await (await jetstreamManager(as.admin)).streams.info(bucketStream(LOCKS_BUCKET))).config;
+  for (const role of NATS_ROLES.filter((r) => r !== 'admin')) {
+    const jsm = await jetstreamManager(as[role]);
+    t.ok(await permissionRefused(jsm.streams.update(EVENTS_STREAM, { max_msgs: 1 })), `${role} cannot update ${EVENTS_STREAM} (max_msgs 1)`);
+    t.ok(await permissionRefused(jsm.streams.update(bucketStream(LOCKS_BUCKET), { max_age: 1_000_000_000 })), `${role} cannot shorten the locks bucket's max age`);
+    t.ok(await permissionRefused(jsm.streams.add({ name: `EVIL_${role.replace('-', '_')}`, subjects: [`evil.${role}.>`] })), `${role} cannot create a stream`);
+    t.ok(await permissionRefused(jsm.streams.purge(EVENTS_STREAM)), `${role} cannot purge ${EVENTS_STREAM}`);
+    for (const { durable } of Object.values(CONSUMERS)) {
+      t.ok(await permissionRefused(jsm.consumers.update(EVENTS_STREAM, durable, { ack_wait: 1_000_000_000 })), `${role} cannot update the ${durable} consumer`);
+    }
+  }
+  const admin = await jetstreamManager(as.admin);
+  t.same((await admin.streams.info(EVENTS_STREAM)).config.max_msgs, eventsBefore.max_msgs, `${EVENTS_STREAM} is unchanged after the attempts`);
+  t.same((await admin.streams.info(bucketStream(LOCKS_BUCKET))).config.max_age, locksBefore.max_age, 'the locks bucket is unchanged');
+  for (const { durable } of Object.values(CONSUMERS)) {
+    t.equal((await admin.consumers.info(EVENTS_STREAM, durable)).config.ack_wait, 30_000_000_000, `the ${durable} consumer keeps its ack wait`);
+  }
+
+  // The admin can; `brain setup` puts it back. It still cannot delete or purge, nor publish an event.
+  t.equal((await admin.streams.update(EVENTS_STREAM, { max_msgs: 1 })).config.max_msgs, 1, `admin may update ${EVENTS_STREAM}`);
+  const again = await setup();
+  t.equal(again.code, 0, 'brain setup again');
+  t.ok(again.lines.some((l) => /updated the BRAIN_EVENTS stream: max_msgs 1 → unlimited/.test(l)), 'and reports the correction', { lines: again.lines });
+  t.equal((await admin.streams.info(EVENTS_STREAM)).config.max_msgs, -1, `${EVENTS_STREAM} is back to unlimited`);
+  t.ok(await permissionRefused(admin.streams.delete(EVENTS_STREAM)), `admin cannot delete ${EVENTS_STREAM}`);
+  t.ok(await permissionRefused(admin.streams.purge(EVENTS_STREAM)), `admin cannot purge ${EVENTS_STREAM}`);
+  t.ok(await permissionRefused((await new Kvm(as.admin).open(LOCKS_BUCKET)).put('transform', 'forged')), 'admin cannot write a lock');
 });
 
 /** Everything a stream holds, as text: subjects, headers and bodies. */

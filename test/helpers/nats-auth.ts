@@ -5,8 +5,8 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 
-/** The users of deploy/nats/auth.conf. */
-export const NATS_ROLES = ['scheduler', 'transformer', 'loader', 'model-gate', 'trainer', 'monitor', 'operator'] as const;
+/** The users of deploy/nats/auth.conf. `admin` may only create and update the topology (`brain setup`). */
+export const NATS_ROLES = ['admin', 'scheduler', 'transformer', 'loader', 'model-gate', 'trainer', 'monitor', 'operator'] as const;
 export type NatsRole = (typeof NATS_ROLES)[number];
 
 const DEPLOY_NATS = resolve(__dirname, '../../../deploy/nats');
@@ -19,7 +19,11 @@ export interface AuthNatsServer {
   readonly passwords: Record<NatsRole, string>;
   /** Every line nats-server wrote to stderr so far (permission violations are logged there). */
   readonly log: string[];
-  connectAs(role: NatsRole, name: string): Promise<NatsConnection>;
+  /**
+   * Connects as a user, with the inbox prefix the services derive from it (`_INBOX_<role>`, the only one auth.conf
+   * lets it subscribe to) unless `inboxPrefix` says otherwise.
+   */
+  connectAs(role: NatsRole, name: string, opts?: { inboxPrefix?: string }): Promise<NatsConnection>;
   stop(): Promise<void>;
   /** Removes the rendered configuration and the store. */
   cleanup(): void;
@@ -76,7 +80,7 @@ export async function startAuthNatsServer(): Promise<AuthNatsServer> {
       url,
       passwords,
       log,
-      connectAs: (role, name) => connect({ servers: url, user: role, pass: passwords[role], name }),
+      connectAs: (role, name, opts = {}) => connect({ servers: url, user: role, pass: passwords[role], name, inboxPrefix: opts.inboxPrefix ?? `_INBOX_${role}` }),
       async stop() {
         if (proc.exitCode !== null || proc.signalCode !== null) return;
         const exited = new Promise<void>((r) => proc.once('exit', () => r()));

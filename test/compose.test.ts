@@ -7,7 +7,9 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { ENV_FILES } from '../shared/envfile';
+import { EVENTS_STREAM, isPermissionDenied } from '../shared/nats';
 import { SERVICE_NAMES } from '../shared/config';
 import { REPO_ROOT, buildComposeImages, localComposeProject } from './helpers/compose';
 import { uid } from './helpers/pipeline';
@@ -54,7 +56,11 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     throw new Error(`${err.message}\n${await project.compose('logs', '--no-color', '--tail', '30')}`);
   });
   const containers = await project.waitHealthy(1 + SERVICE_NAMES.length, 120_000);
-  t.pass('nats and the five services are healthy');
+  t.pass('nats and the five services are healthy, after the one-shot setup exited 0');
+  const setupLog = await project.compose('logs', '--no-color', 'setup');
+  for (const part of ['the BRAIN_EVENTS stream', 'the locks bucket (KV_locks)', 'the runs bucket (KV_runs)', 'the transformer consumer']) {
+    t.match(setupLog, `created ${part}`, `setup (as admin) created ${part}`);
+  }
 
   const byService = new Map(containers.map((c) => [c.Config.Labels['com.docker.compose.service'], c]));
   for (const name of SERVICE_NAMES) {
@@ -120,6 +126,16 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
   t.same(readdirSync(join(dirs.aws, 'remote', 'processed')), [`${runId}.csv`], 'processed data pushed to the remote');
   t.same(readdirSync(join(dirs.aws, 'remote', 'viz')), [`${runId}.png`], 'viz data pushed to the remote');
   t.ok(existsSync(join(dirs.aws, 'models', `${runId}.bin`)), 'model written');
+
+  // The services' users only read the topology: the transformer's cannot cut the event stream.
+  const transformer = await connect({ servers, user: 'transformer', pass: pass.transformer, name: 'compose-test-transformer', inboxPrefix: '_INBOX_transformer' });
+  connections.push(transformer);
+  const cut = await (await jetstreamManager(transformer)).streams.update(EVENTS_STREAM, { max_msgs: 1 }).then(
+    () => null,
+    (err: unknown) => err,
+  );
+  t.ok(isPermissionDenied(cut), 'the transformer user may not update BRAIN_EVENTS');
+  t.equal((await (await jetstreamManager(monitor)).streams.info(EVENTS_STREAM)).config.max_msgs, -1, 'BRAIN_EVENTS is unchanged');
 
   const as = (user: keyof typeof pass) => ({ NATS_URL: servers, NATS_USER: user, NATS_PASS: pass[user] });
   const status = await brain(root, as('monitor'), 'status');

@@ -56,6 +56,7 @@ export async function buildComposeImages(): Promise<void> {
 
 /** The NATS users of docker-compose.yml, by the variable that sets each one's password. */
 const NATS_USERS = {
+  admin: 'NATS_ADMIN_PASS',
   scheduler: 'NATS_SCHEDULER_PASS',
   transformer: 'NATS_TRANSFORMER_PASS',
   loader: 'NATS_LOADER_PASS',
@@ -130,15 +131,21 @@ export class ComposeProject {
     return Promise.all(list.map((c) => docker.getContainer(c.Id).inspect()));
   }
 
-  /** Waits until every container of the project reports `healthy`; fails early on an exited one. */
-  async waitHealthy(expected: number, timeoutMs: number): Promise<Docker.ContainerInspectInfo[]> {
+  /**
+   * Waits until every long-running container of the project reports `healthy` and each one-shot service (`setup`)
+   * has exited 0; fails early on any other exit. Resolves with the long-running containers.
+   */
+  async waitHealthy(expected: number, timeoutMs: number, oneShot: readonly string[] = ['setup']): Promise<Docker.ContainerInspectInfo[]> {
     const deadline = Date.now() + timeoutMs;
     let last: Docker.ContainerInspectInfo[] = [];
+    const isOneShot = (c: Docker.ContainerInspectInfo) => oneShot.includes(c.Config.Labels['com.docker.compose.service'] ?? '');
     while (Date.now() < deadline) {
-      last = await this.containers();
-      const exited = last.find((c) => c.State.Status === 'exited' || c.State.Restarting);
+      const all = await this.containers();
+      const exited = all.find((c) => (c.State.Status === 'exited' && !(isOneShot(c) && c.State.ExitCode === 0)) || c.State.Restarting);
       if (exited !== undefined) throw new Error(`${exited.Name} is ${exited.State.Status}:\n${await this.compose('logs', '--no-color', '--tail', '50')}`);
-      if (last.length === expected && last.every((c) => c.State.Health?.Status === 'healthy')) return last;
+      last = all.filter((c) => !isOneShot(c));
+      const oneShotsDone = oneShot.every((name) => all.some((c) => isOneShot(c) && c.Config.Labels['com.docker.compose.service'] === name && c.State.Status === 'exited'));
+      if (oneShotsDone && last.length === expected && last.every((c) => c.State.Health?.Status === 'healthy')) return last;
       await new Promise((r) => setTimeout(r, 1000));
     }
     const states = last.map((c) => `${c.Name} ${c.State.Status} ${c.State.Health?.Status ?? 'no healthcheck'}`).join('\n');

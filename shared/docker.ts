@@ -1,7 +1,8 @@
+import { createHash } from 'node:crypto';
 import Docker from 'dockerode';
 import type { Container, ContainerInspectInfo } from 'dockerode';
 import { ErrorCode, StageError, describeError } from './errors';
-import { FrameDemuxer, StreamScanner, createMasker, type StreamName } from './lines';
+import { FrameDemuxer, StreamScanner, createMasker, envValuesOf, type StreamName } from './lines';
 import type { Stage } from './events';
 import type { Logger } from './logger';
 
@@ -13,9 +14,19 @@ export const LABELS = {
   service: 'io.brain-pipeline.service',
   /** The deployment (one NATS event stream): pipelines sharing a Docker engine never touch each other's containers. */
   instance: 'io.brain-pipeline.instance',
+  /** The env-file keys the container was started with (comma-separated; keys are not secret): their values are masked on adoption. */
+  envKeys: 'io.brain-pipeline.env-keys',
 } as const;
 
 export type PullPolicy = 'always' | 'missing' | 'never';
+
+/** The container a stage runs in, as `onStarted` is told about it. */
+export interface StartedContainer {
+  id: string;
+  name: string;
+  /** It already existed (a redelivered or resumed run) and was adopted rather than started. */
+  adopted: boolean;
+}
 
 export interface StageSpec {
   stage: Stage;
@@ -30,6 +41,11 @@ export interface StageSpec {
   phrase?: string;
   /** Receives each batch of output lines (already masked). */
   onLines?: (stream: StreamName, lines: string[]) => void | Promise<void>;
+  /**
+   * Awaited right after the container was started (or found, when adopting), before it is followed.
+   * If it throws, the container is left running (a redelivery adopts it) and `run` rejects with its error.
+   */
+  onStarted?: (container: StartedContainer) => Promise<void>;
   /** Memory limit in bytes; a container past it is OOM-killed (exit 137). */
   memoryBytes?: number;
   /**
@@ -45,18 +61,21 @@ export interface StageResult {
   status: 'exited' | 'handed-back';
   exitCode: number | null;
   oomKilled: boolean;
+  /** The runner stopped the container at its deadline (or it ran past its limit and was stopped, see `run`). */
   timedOut: boolean;
   phraseFound: boolean;
   /** True when the container already existed (a redelivered run) and was adopted. */
   adopted: boolean;
   durationMs: number;
+  /** Docker's id of the stage's container. */
+  containerId: string;
 }
 
 export interface ContainerRunner {
   run(spec: StageSpec): Promise<StageResult>;
   /** This deployment's labelled containers, for start-up reconciliation and tests. */
   list(filter?: { stage?: Stage; runId?: string }): Promise<{ id: string; name: string; state: string; labels: Record<string, string> }[]>;
-  /** Removes a container; a container that is already gone is not an error. */
+  /** Removes one of this deployment's containers; one that is already gone is not an error, another deployment's is refused. */
   remove(idOrName: string): Promise<void>;
 }
 
@@ -71,16 +90,38 @@ export interface RunnerDeps {
   onContainerStart?: (stage: Stage) => void;
   /** Seconds Docker gives a container between SIGTERM and SIGKILL on timeout. */
   stopGraceSeconds?: number;
+  /** Longest pause between two tries while Docker is unreachable (default 2 s). */
+  maxRetryDelayMs?: number;
 }
 
-export const containerName = (stage: Stage, runId: string) => `brain-${stage}-${runId}`;
+/** A short name-safe token of a deployment id (`BRAIN_EVENTS@<created>`): the first 10 hex digits of its SHA-256. */
+export const deploymentToken = (instance: string) => createHash('sha256').update(instance).digest('hex').slice(0, 10);
+
+/**
+ * The deterministic name of a run's stage container in a deployment: `brain-<stage>-<token>-<runId>`, so two
+ * deployments sharing a Docker engine never collide on a run id (scheduled runs have the same id everywhere).
+ * Without `instance` it is the deployment-less `brain-<stage>-<runId>`, for baselines that imitate the runner (bench).
+ */
+export const containerName = (stage: Stage, runId: string, instance?: string) =>
+  instance === undefined ? `brain-${stage}-${runId}` : `brain-${stage}-${deploymentToken(instance)}-${runId}`;
 
 const STATUS = (err: unknown): number | undefined => (err as { statusCode?: number }).statusCode;
 const isMissingImage = (err: unknown) => STATUS(err) === 404 && /no such image/i.test(describeError(err));
 
+/** The connection to Docker failed (refused, reset, socket hang up, gone): Docker, not the container, is the problem. */
 function isDockerDown(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'EACCES';
+  return (
+    code === 'ECONNREFUSED' ||
+    code === 'ENOENT' ||
+    code === 'ECONNRESET' ||
+    code === 'EPIPE' ||
+    code === 'EACCES' ||
+    code === 'ETIMEDOUT' ||
+    code === 'EHOSTUNREACH' ||
+    code === 'ENOTCONN' ||
+    code === 'ERR_STREAM_PREMATURE_CLOSE'
+  );
 }
 
 /** Turns a dockerode failure into a StageError with a message a person can act on. */
@@ -93,6 +134,43 @@ function stageError(what: string, err: unknown, code: ErrorCode): StageError {
   return new StageError(code, `could not ${what}: ${reason.replace(/^\(HTTP code \d+\) [a-z ]+ - /, '')}`, { cause: err });
 }
 
+/** Thrown inside `run` when the service shuts down: stop following, leave the container running. */
+class HandedBack extends Error {
+  constructor() {
+    super('handed back');
+  }
+}
+
+/** Resolves after `ms`, or rejects with HandedBack once `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(new HandedBack());
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(new HandedBack());
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Payload bytes of each output stream. */
+type ByteCounts = Record<StreamName, number>;
+
+/** A container is still (or again) running, or may be: anything but exited or dead. */
+const mayRun = (info: ContainerInspectInfo) => info.State.Status !== 'exited' && info.State.Status !== 'dead';
+
+/** Milliseconds a finished container ran, from its own timestamps; null when Docker has none. */
+function ranForMs(info: ContainerInspectInfo): number | null {
+  const started = Date.parse(info.State.StartedAt);
+  const finished = Date.parse(info.State.FinishedAt);
+  if (!Number.isFinite(started) || !Number.isFinite(finished) || finished < started) return null;
+  return finished - started;
+}
+
 export function createDockerClient(dockerHost?: string): Docker {
   if (dockerHost === undefined) return new Docker();
   const url = new URL(dockerHost);
@@ -103,6 +181,7 @@ export function createDockerClient(dockerHost?: string): Docker {
 export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
   const { docker, logger } = deps;
   const stopGrace = deps.stopGraceSeconds ?? 10;
+  const maxRetryDelay = deps.maxRetryDelayMs ?? 2000;
 
   async function pull(image: string): Promise<void> {
     try {
@@ -123,16 +202,36 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     }
   }
 
-  async function inspectOrNull(container: Container) {
+  /** Refuses a container of another deployment: it is never adopted, stopped or removed by this one. */
+  function assertOurs(info: ContainerInspectInfo, what: string): void {
+    const owner = info.Config.Labels?.[LABELS.instance];
+    if (owner === deps.instance) return;
+    throw new StageError(
+      ErrorCode.ContainerForeign,
+      `container ${info.Name.replace(/^\//, '')} belongs to ${owner === undefined ? 'no pipeline deployment' : `deployment ${owner}`}, not to ${deps.instance}; refusing to ${what} it`,
+    );
+  }
+
+  /** Docker's view of the container, null when it does not exist; a failed call's error is passed on as is. */
+  async function inspectRaw(container: Container): Promise<ContainerInspectInfo | null> {
     try {
       return await container.inspect();
     } catch (err) {
       if (STATUS(err) === 404) return null;
+      throw err;
+    }
+  }
+
+  async function inspectOrNull(container: Container) {
+    try {
+      return await inspectRaw(container);
+    } catch (err) {
       throw stageError('inspect container', err, ErrorCode.DockerUnavailable);
     }
   }
 
-  async function remove(idOrName: string): Promise<void> {
+  /** Removes without asking whose it is: only for containers this runner has checked or created. */
+  async function removeChecked(idOrName: string): Promise<void> {
     try {
       await docker.getContainer(idOrName).remove({ force: true, v: true });
     } catch (err) {
@@ -140,6 +239,13 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       if (status === 404 || status === 409) return; // gone, or removal already in progress
       throw stageError(`remove container ${idOrName}`, err, ErrorCode.DockerUnavailable);
     }
+  }
+
+  async function remove(idOrName: string): Promise<void> {
+    const info = await inspectOrNull(docker.getContainer(idOrName));
+    if (info === null) return;
+    assertOurs(info, 'remove');
+    await removeChecked(info.Id);
   }
 
   /** Creates the container; Docker's 404 (no such image) and 409 (name taken) are left to the caller. */
@@ -160,6 +266,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
           [LABELS.runId]: spec.runId,
           [LABELS.service]: deps.service,
           [LABELS.instance]: deps.instance,
+          [LABELS.envKeys]: Object.keys(spec.env).join(','),
         },
         HostConfig: {
           AutoRemove: false,
@@ -174,13 +281,17 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     }
   }
 
-  /** This run's container of the stage when it exists and was started; one created but never started is removed. */
+  /**
+   * This run's container of the stage when it exists and was started; one created but never started is removed.
+   * Another deployment's container under the name is refused, never adopted.
+   */
   async function startedContainer(name: string): Promise<{ container: Container; existing: ContainerInspectInfo } | null> {
-    const container = docker.getContainer(name);
-    const existing = await inspectOrNull(container);
+    const existing = await inspectOrNull(docker.getContainer(name));
     if (existing === null) return null;
+    assertOurs(existing, 'adopt');
+    const container = docker.getContainer(existing.Id);
     if (existing.State.Status !== 'created') return { container, existing };
-    await remove(name); // created but never started: start afresh
+    await removeChecked(existing.Id); // created but never started: start afresh
     return null;
   }
 
@@ -222,84 +333,98 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     }
   }
 
-  /** Reads the multiplexed output, scans it and forwards masked lines; resolves at the end of the stream. */
-  async function pump(stream: NodeJS.ReadableStream, spec: StageSpec, scanners: Record<StreamName, StreamScanner>) {
-    const demux = new FrameDemuxer();
-    const forward = async (name: StreamName, lines: string[]) => {
-      if (lines.length > 0 && spec.onLines) await spec.onLines(name, lines);
-    };
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
-      for (const frame of demux.push(chunk)) await forward(frame.stream, scanners[frame.stream].push(frame.payload));
-    }
-    await forward('stdout', scanners.stdout.end());
-    await forward('stderr', scanners.stderr.end());
-  }
-
-  /** Attaches (before the start, so no early line is lost) and starts a created container. */
-  async function attachAndStart(container: Container, spec: StageSpec, name: string): Promise<NodeJS.ReadableStream> {
-    try {
-      const stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadableStream;
-      await container.start();
-      return stream;
-    } catch (err) {
-      await remove(name).catch(() => undefined);
-      throw stageError(`start the ${spec.stage} container`, err, ErrorCode.ContainerStart);
-    }
-  }
-
   async function run(spec: StageSpec): Promise<StageResult> {
     const started = Date.now();
-    const name = containerName(spec.stage, spec.runId);
+    const name = containerName(spec.stage, spec.runId, deps.instance);
     const log = logger.child({ stage: spec.stage, runId: spec.runId, container: name });
-    const masker = createMasker(Object.values(spec.env));
-    const scanners = { stdout: new StreamScanner(spec.phrase, masker), stderr: new StreamScanner(spec.phrase, masker) };
 
-    const { container, existing } = await createOrAdopt(spec, name);
-    const adopted = existing !== null;
-    let stream: NodeJS.ReadableStream;
-    if (existing === null) {
-      stream = await attachAndStart(container, spec, name);
-      deps.onContainerStart?.(spec.stage);
-      log.info({ image: spec.image }, 'container started');
-    } else {
-      log.info({ state: existing.State.Status }, 'adopting existing container');
-      stream = (await container.logs({ follow: true, stdout: true, stderr: true })) as unknown as NodeJS.ReadableStream;
+    // One listener on the caller's (possibly long-lived) signal, removed when the run ends; everything
+    // inside the run listens on this run's own signal.
+    const runAbort = new AbortController();
+    const onAbort = () => runAbort.abort();
+    if (spec.signal.aborted) runAbort.abort();
+    else spec.signal.addEventListener('abort', onAbort, { once: true });
+    const signal = runAbort.signal;
+
+    /**
+     * Calls Docker until it answers: a lost connection (refused, reset, hang up) is retried with backoff
+     * (up to `maxRetryDelayMs` between tries) until Docker is back or the service shuts down (HandedBack).
+     * Any answer from Docker, an error status included, is the caller's.
+     */
+    async function untilDocker<T>(what: string, call: () => Promise<T>): Promise<{ value: T; retried: boolean }> {
+      let retried = false;
+      for (let delay = 100; ; delay = Math.min(delay * 2, maxRetryDelay)) {
+        if (signal.aborted) throw new HandedBack();
+        try {
+          return { value: await call(), retried };
+        } catch (err) {
+          if (!isDockerDown(err)) throw err;
+          if (!retried) log.warn({ err: describeError(err) }, `Docker unreachable while trying to ${what}; retrying until it is back`);
+          retried = true;
+          await pause(delay, signal);
+        }
+      }
     }
 
-    let timedOut = false;
-    const alreadyRanMs = adopted ? Math.max(0, Date.now() - (Date.parse(existing?.State.StartedAt ?? '') || Date.now())) : 0;
-    const timeout = setTimeout(() => {
-      timedOut = true;
-      log.warn({ timeoutMs: spec.timeoutMs }, 'stage timed out; stopping container');
-      container.stop({ t: stopGrace }).catch((err: unknown) => {
-        if (STATUS(err) !== 304 && STATUS(err) !== 404) log.error({ err: describeError(err) }, 'could not stop container');
-      });
-    }, Math.max(0, spec.timeoutMs - alreadyRanMs));
-
-    const handBack = new Promise<'handed-back'>((resolve) => {
-      if (spec.signal.aborted) resolve('handed-back');
-      else spec.signal.addEventListener('abort', () => resolve('handed-back'), { once: true });
-    });
-    const finished = (async () => {
-      await pump(stream, spec, scanners);
-      return 'exited' as const;
-    })();
+    let adopted = false;
+    let id = '';
     try {
-      const outcome = await Promise.race([finished, handBack]);
-      if (outcome === 'handed-back') {
-        (stream as unknown as { destroy?: () => void }).destroy?.();
-        await finished.catch(() => undefined);
-        log.info('stopped watching; container left running for the next service instance');
-        return { status: 'handed-back', exitCode: null, oomKilled: false, timedOut: false, phraseFound: false, adopted, durationMs: Date.now() - started };
+      const { container, existing } = await createOrAdopt(spec, name);
+      adopted = existing !== null;
+      id = container.id;
+      // Mask the values the container was started with (its own environment, for the keys its label names)
+      // as well as the env file's current ones: a secret rotated since must not leak from an adopted container.
+      const startedWith = existing === null ? [] : envValuesOf(existing.Config.Env ?? [], existing.Config.Labels?.[LABELS.envKeys]);
+      const masker = createMasker([...Object.values(spec.env), ...startedWith]);
+      const scanners: Record<StreamName, StreamScanner> = { stdout: new StreamScanner(spec.phrase, masker), stderr: new StreamScanner(spec.phrase, masker) };
+
+      let stream: NodeJS.ReadableStream | null = null;
+      let containerStartedAt: number;
+      if (existing === null) {
+        stream = await attachAndStart(container, spec, name);
+        if (stream === null) await startIfNotStarted(container);
+        containerStartedAt = Date.now();
+        deps.onContainerStart?.(spec.stage);
+        log.info({ image: spec.image }, 'container started');
+      } else {
+        log.info({ state: existing.State.Status }, 'adopting existing container');
+        containerStartedAt = Date.parse(existing.State.StartedAt) || Date.now();
       }
-      const waited = await container.wait().catch(() => null);
-      const info = await inspectOrNull(container);
-      if (info === null && waited === null) {
-        throw new StageError(ErrorCode.ContainerGone, `container ${name} disappeared before its exit status could be read`);
+      await spec.onStarted?.({ id, name, adopted });
+
+      // The deadline runs from the container's own start. A container that has already exited is judged by
+      // its own exit: no timer. One past its deadline is stopped at once; while Docker is away, as soon as it is back.
+      let stopping: Promise<void> | undefined;
+      let stoppedByUs = false;
+      const stopAtDeadline = () => {
+        stopping ??= (async () => {
+          log.warn({ timeoutMs: spec.timeoutMs }, 'stage timed out; stopping container');
+          try {
+            await untilDocker('stop the timed-out container', () => container.stop({ t: stopGrace }));
+            stoppedByUs = true;
+          } catch (err) {
+            if (err instanceof HandedBack || STATUS(err) === 304 || STATUS(err) === 404) return; // shutting down; stopped on its own; gone
+            log.error({ err: describeError(err) }, 'could not stop container');
+          }
+        })();
+      };
+      const exitedAlready = existing !== null && !mayRun(existing);
+      const timer = exitedAlready ? undefined : setTimeout(stopAtDeadline, Math.max(0, containerStartedAt + spec.timeoutMs - Date.now()));
+
+      let final: ContainerInspectInfo;
+      try {
+        final = await follow(container, stream, spec, scanners);
+        await stopping;
+      } finally {
+        clearTimeout(timer);
       }
-      const exitCode = info?.State.ExitCode ?? (waited as { StatusCode?: number } | null)?.StatusCode ?? null;
-      const oomKilled = info?.State.OOMKilled ?? false;
-      await remove(name);
+      for (const s of ['stdout', 'stderr'] as const) await forward(spec, s, scanners[s].end());
+      const exitCode = final.State.ExitCode;
+      const oomKilled = final.State.OOMKilled ?? false;
+      // Stopped by us, or (an earlier instance's stop) killed after running its full limit.
+      const ran = ranForMs(final);
+      const timedOut = stoppedByUs || (!oomKilled && exitCode !== 0 && ran !== null && ran >= spec.timeoutMs);
+      await removeAfterExit(id);
       const result: StageResult = {
         status: 'exited',
         exitCode,
@@ -308,13 +433,154 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
         phraseFound: scanners.stdout.phraseFound || scanners.stderr.phraseFound,
         adopted,
         durationMs: Date.now() - started,
+        containerId: id,
       };
       log.info({ exitCode, oomKilled, timedOut, phraseFound: result.phraseFound }, 'container finished');
       return result;
     } catch (err) {
-      throw stageError(`follow the ${spec.stage} container`, err, ErrorCode.ContainerGone);
+      if (!(err instanceof HandedBack)) throw stageError(`follow the ${spec.stage} container`, err, ErrorCode.ContainerGone);
+      log.info('stopped watching; container left running for the next service instance');
+      return { status: 'handed-back', exitCode: null, oomKilled: false, timedOut: false, phraseFound: false, adopted, durationMs: Date.now() - started, containerId: id };
     } finally {
-      clearTimeout(timeout);
+      spec.signal.removeEventListener('abort', onAbort);
+    }
+
+    /**
+     * The start request's answer was lost with the connection: once Docker is back, a container still
+     * only created is started (no attach stream then: its output is read from its log, from the start).
+     */
+    async function startIfNotStarted(container: Container): Promise<void> {
+      const { value: info } = await untilDocker('learn whether the container started', () => inspectRaw(container));
+      if (info === null) throw new StageError(ErrorCode.ContainerStart, `container ${name} disappeared while it was being started`);
+      if (info.State.Status !== 'created') return;
+      await untilDocker('start the container', () => container.start()).catch((err: unknown) => {
+        if (STATUS(err) !== 304) throw stageError(`start the ${spec.stage} container`, err, ErrorCode.ContainerStart); // 304: it did start
+      });
+    }
+
+    /**
+     * Follows the container's output to its end and returns its final inspect. The output comes from the
+     * attach stream (a new container) or the log (an adopted one). Whenever a stream ends or breaks, Docker
+     * says what happened: still running → its log is followed again, skipping the bytes of each stream
+     * already processed (so no line is scanned or forwarded twice, and none is lost); exited → the rest of
+     * its log is read the same way; gone (404) → ContainerGone. A lost connection is retried until Docker is
+     * back; only a shutdown (HandedBack) ends the wait early.
+     */
+    async function follow(
+      container: Container,
+      first: NodeJS.ReadableStream | null,
+      spec: StageSpec,
+      scanners: Record<StreamName, StreamScanner>,
+    ): Promise<ContainerInspectInfo> {
+      const processed: ByteCounts = { stdout: 0, stderr: 0 };
+      let stream = first;
+      let skip: ByteCounts = { stdout: 0, stderr: 0 };
+      let fromLog = first === null;
+      for (let round = 0; ; round++) {
+        let endedCleanly = false;
+        if (stream !== null) {
+          try {
+            await pump(stream, spec, scanners, processed, skip);
+            endedCleanly = true;
+          } catch (err) {
+            if (err instanceof HandedBack) throw err;
+            log.warn({ err: describeError(err), processed }, 'container output stream broke; asking Docker');
+          }
+        }
+        const { value: info, retried } = await untilDocker('inspect the container', () => inspectRaw(container));
+        if (info === null) {
+          throw new StageError(ErrorCode.ContainerGone, `container ${name} disappeared before its exit status could be read`);
+        }
+        // A log stream's clean end is its complete response. An attach stream's end is only the connection
+        // closing: trusted when Docker, asked right away, says the container is no longer running.
+        if (!mayRun(info) && endedCleanly && (fromLog || !retried)) return info;
+        if (round > 0 && endedCleanly && mayRun(info)) await pause(Math.min(100 * round, maxRetryDelay), signal);
+        if (stream !== null) log.info({ state: info.State.Status, processed }, 'following the container log again, past the output already read');
+        const { value } = await untilDocker('follow the container log', () => container.logs({ follow: true, stdout: true, stderr: true }));
+        stream = value as unknown as NodeJS.ReadableStream;
+        skip = { ...processed };
+        fromLog = true;
+      }
+    }
+
+    /**
+     * Reads the multiplexed output, scans it and forwards masked lines, after dropping the first `skip`
+     * payload bytes of each stream; counts the bytes processed. Resolves at the end of the stream.
+     */
+    async function pump(stream: NodeJS.ReadableStream, spec: StageSpec, scanners: Record<StreamName, StreamScanner>, processed: ByteCounts, skip: ByteCounts) {
+      const source = stream as NodeJS.ReadableStream & { destroy?: () => void };
+      const onAbort = () => source.destroy?.();
+      if (signal.aborted) {
+        onAbort();
+        throw new HandedBack();
+      }
+      signal.addEventListener('abort', onAbort, { once: true });
+      try {
+        const demux = new FrameDemuxer();
+        for await (const chunk of stream as AsyncIterable<Buffer>) {
+          for (const frame of demux.push(chunk)) {
+            const s = frame.stream;
+            let payload = frame.payload;
+            if (skip[s] > 0) {
+              const n = Math.min(skip[s], payload.length);
+              skip[s] -= n;
+              payload = payload.subarray(n);
+            }
+            if (payload.length === 0) continue;
+            processed[s] += payload.length;
+            await forward(spec, s, scanners[s].push(payload));
+          }
+        }
+      } catch (err) {
+        if (signal.aborted) throw new HandedBack();
+        throw err;
+      } finally {
+        signal.removeEventListener('abort', onAbort);
+        source.destroy?.();
+      }
+      if (signal.aborted) throw new HandedBack();
+    }
+
+    /** Once the outcome is known the container goes; if Docker is away too long, the orphan sweeper removes it later. */
+    async function removeAfterExit(id: string): Promise<void> {
+      const deadline = Date.now() + 10_000;
+      for (let delay = 100; ; delay = Math.min(delay * 2, maxRetryDelay)) {
+        try {
+          await removeChecked(id);
+          return;
+        } catch (err) {
+          if (Date.now() + delay > deadline || signal.aborted) {
+            log.warn({ err: describeError(err) }, 'could not remove the exited container; the orphan sweeper will');
+            return;
+          }
+          await pause(delay, signal).catch(() => undefined);
+        }
+      }
+    }
+  }
+
+  async function forward(spec: StageSpec, name: StreamName, lines: string[]) {
+    if (lines.length > 0 && spec.onLines) await spec.onLines(name, lines);
+  }
+
+  /**
+   * Attaches (before the start, so no early line is lost) and starts a created container. Null when the
+   * start's answer was lost with the Docker connection: whether it started is for the caller to find out.
+   */
+  async function attachAndStart(container: Container, spec: StageSpec, name: string): Promise<NodeJS.ReadableStream | null> {
+    let stream: NodeJS.ReadableStream | undefined;
+    try {
+      stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadableStream;
+      await container.start();
+      return stream;
+    } catch (err) {
+      if (stream !== undefined && isDockerDown(err)) {
+        (stream as unknown as { destroy?: () => void }).destroy?.();
+        return null;
+      }
+      (stream as unknown as { destroy?: () => void } | undefined)?.destroy?.();
+      await removeChecked(name).catch(() => undefined);
+      throw stageError(`start the ${spec.stage} container`, err, ErrorCode.ContainerStart);
     }
   }
 
@@ -328,3 +594,4 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
 
   return { run, list, remove };
 }
+

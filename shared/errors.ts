@@ -7,6 +7,8 @@ export const ErrorCode = {
   ContainerCreate: 'CONTAINER_CREATE_FAILED',
   ContainerStart: 'CONTAINER_START_FAILED',
   ContainerGone: 'CONTAINER_GONE',
+  /** A container under our name belongs to another deployment: never adopted, stopped or removed. */
+  ContainerForeign: 'CONTAINER_FOREIGN',
   EnvFile: 'ENV_FILE_INVALID',
   /** An event we publish ourselves fails its schema even after sanitising: a programming error. */
   EventInvalid: 'EVENT_INVALID',

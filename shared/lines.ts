@@ -157,3 +157,23 @@ export function createMasker(secrets: Iterable<string>): Masker {
     },
   };
 }
+
+/** Variables the runner itself sets on every container: their values are run ids and stage names, not secrets. */
+const RUNNER_VARIABLES = new Set(['BRAIN_RUN_ID', 'BRAIN_STAGE']);
+
+/**
+ * The values a container was started with (Docker's `Config.Env`, `KEY=value` each) for the env-file keys
+ * its label lists (comma-separated). A container without the label (started by an older version) gives
+ * every value but the runner's own variables: masking too much beats leaking a secret.
+ */
+export function envValuesOf(env: readonly string[], keysLabel: string | undefined): string[] {
+  const keys = keysLabel === undefined ? null : new Set(keysLabel.split(',').filter((k) => k !== ''));
+  const values: string[] = [];
+  for (const entry of env) {
+    const eq = entry.indexOf('=');
+    if (eq <= 0) continue;
+    const key = entry.slice(0, eq);
+    if (keys !== null ? keys.has(key) : !RUNNER_VARIABLES.has(key)) values.push(entry.slice(eq + 1));
+  }
+  return values;
+}

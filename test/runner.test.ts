@@ -44,7 +44,7 @@ function spec(runId: string, script: string, over: Partial<StageSpec> = {}): Sta
 /** A container under the stage's deterministic name, as an earlier delivery of the run would have left it. */
 async function earlierContainer(runId: string, script: string, start: boolean) {
   const container = await docker.createContainer({
-    name: containerName('model-trigger', runId),
+    name: containerName('model-trigger', runId, instance),
     Image: TEST_IMAGES.modelTrigger,
     Env: [`SCRIPT=${script}`],
     Labels: { [LABELS.managed]: 'true', [LABELS.instance]: instance, [LABELS.stage]: 'model-trigger', [LABELS.runId]: runId },

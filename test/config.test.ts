@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { ConfigError } from '../shared/errors';
 import { loadConfig } from '../shared/config';
+import { inboxPrefixFor } from '../shared/nats';
 import { startNatsServer } from './helpers/nats-server';
 
 const BRAIN = join(__dirname, '..', '..', 'bin', 'brain.js');
@@ -50,6 +51,17 @@ t.test('loadConfig names what a service requires and applies the seed defaults',
   t.equal(config.flags.devForceTraining, true);
   t.equal(config.flags.devSkipModel, false);
   t.equal(config.lockTtlMs, 30_000);
+});
+
+t.test('topology and connection settings: an empty LOCK_TTL/ACK_WAIT is the default (compose passes them empty), the inbox prefix follows the NATS user', async (t) => {
+  const empty = loadConfig({ LOCK_TTL: '', ACK_WAIT: ' ' }, []);
+  t.same([empty.lockTtlMs, empty.ackWaitMs], [30_000, 30_000], 'empty means the default');
+  t.equal(loadConfig({ LOCK_TTL: '60' }, []).lockTtlMs, 60_000, 'a value is taken');
+  t.equal(inboxPrefixFor(loadConfig({}, []).nats), undefined, "no user: the client's default inbox");
+  t.equal(inboxPrefixFor(loadConfig({ NATS_USER: 'transformer', NATS_PASS: 'x' }, []).nats), '_INBOX_transformer', 'a user: _INBOX_<user>');
+  t.equal(inboxPrefixFor(loadConfig({ NATS_USER: 'transformer', NATS_PASS: 'x', NATS_INBOX_PREFIX: '_INBOX_stage.a' }, []).nats), '_INBOX_stage.a', 'NATS_INBOX_PREFIX wins');
+  const err = t.throws(() => loadConfig({ NATS_INBOX_PREFIX: '_INBOX.>' }, [])) as ConfigError;
+  t.match(err.problems.join('\n'), /NATS_INBOX_PREFIX: must be subject tokens/, 'a wildcard prefix is refused');
 });
 
 t.test('brain service with a bad configuration lists every problem and exits 2', async (t) => {

@@ -5,9 +5,10 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { createEventBus } from '../shared/bus';
 import type { Config, ServiceName } from '../shared/config';
 import { createContainerRunner, createDockerClient } from '../shared/docker';
-import { createLocks } from '../shared/lock';
+import { createLocks, type Locks } from '../shared/lock';
+import { createStepRecords } from '../shared/record';
 import { createLogger } from '../shared/logger';
-import { connectNats, deploymentId, describeChange, lockStore, topologyOptions, verifyTopology, wantedTopology } from '../shared/nats';
+import { connectNats, deploymentId, describeChange, lockStore, openRuns, topologyOptions, verifyTopology, wantedTopology } from '../shared/nats';
 import { createMetrics, type Metrics } from '../shared/metrics';
 import { startHealthServer, type HealthServer } from '../shared/health';
 import { Svcm, type Service as MicroService } from '@nats-io/services';
@@ -54,6 +55,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   const services: Service[] = [];
   const micro: MicroService[] = [];
   const sweepers: OrphanSweeper[] = [];
+  const allLocks: Locks[] = [];
   const metrics = createMetrics({ service: label });
   let health: HealthServer | undefined;
   const startedAt = new Date().toISOString();
@@ -67,6 +69,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
     const holder = `${label}@${hostname()}:${process.pid}`;
     const docker = opts.docker ?? createDockerClient(config.dockerHost);
     const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics });
+    const runsKv = await openRuns(nc);
     for (const name of names) {
       const serviceLogger = logger.child({ service: name });
       const locks = createLocks({
@@ -85,7 +88,9 @@ export async function runServices(names: readonly ServiceName[], config: Config,
         logger: serviceLogger,
         onContainerStart: (stage) => metrics.containerStarted(stage),
       });
-      const service = SERVICE_FACTORIES[name]({ config, bus, locks, runner, logger: serviceLogger });
+      allLocks.push(locks);
+      const records = createStepRecords({ kv: runsKv, logger: serviceLogger });
+      const service = SERVICE_FACTORIES[name]({ config, bus, locks, runner, records, logger: serviceLogger });
       await service.start();
       services.push(service);
       if (STAGES_OF_SERVICE[name].length > 0) {
@@ -129,6 +134,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
     stop() {
       stopping ??= (async () => {
         await Promise.allSettled([...sweepers.map((s) => s.stop()), ...micro.map((m) => m.stop()), ...services.map((s) => s.stop())]);
+        for (const locks of allLocks) locks.close();
         await healthServer.close();
         await nc.drain();
         logger.info('services stopped');

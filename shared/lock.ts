@@ -1,4 +1,4 @@
-import type { StoredMsg } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, type StoredMsg } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import { z } from 'zod';
 import { describeError } from './errors';
@@ -33,13 +33,15 @@ export interface Lease {
   readonly key: LockKey;
   readonly runId: string;
   readonly revision: number;
-  /** The lease was taken over from the same stage of the same run: a restarted service resuming its own work. */
-  readonly resumed: boolean;
-  /** Aborted when the lease was lost (taken over or expired). */
+  /** Aborted when the lease was lost (taken over or expired): its holder stops its work. */
   readonly lost: AbortSignal;
   /** Refreshes now; false when the lease is no longer ours. */
   confirm(): Promise<boolean>;
-  /** Stops refreshing without releasing (the next stage of the run takes the lease over); resolves once no write of ours is in flight. */
+  /**
+   * Passes the lease on to the run's next stage without releasing it: it is still refreshed, quietly,
+   * until the next stage takes it over (or `handOffMs` passes, or the locks are closed), so a lease
+   * in transit does not expire while the next stage's event waits for its service.
+   */
   handOff(): Promise<void>;
   /** Deletes the lease if it is still ours; false when it was not. */
   release(): Promise<boolean>;
@@ -54,6 +56,10 @@ export interface Locks {
   /** Takes over the lock only if it is held for this run. */
   adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null>;
   read(key: LockKey): Promise<LockInfo | null>;
+  /** The lock is held, by anyone, for this run. */
+  heldBy(key: LockKey, runId: string): Promise<boolean>;
+  /** Stops refreshing the leases handed off by this process (on shutdown; they then expire unless taken over). */
+  close(): void;
 }
 
 export interface LocksDeps {
@@ -71,14 +77,23 @@ export interface LocksDeps {
    * last one written holds the lock. 0 (the default, right for a single server) skips the check.
    */
   settleMs?: number;
+  /** How long a handed-off lease is refreshed while waiting for the next stage; default 10 minutes. */
+  handOffMs?: number;
 }
 
 const encoder = new TextEncoder();
-const isWrongSequence = (err: unknown) => /wrong last sequence|key exists|10071/i.test(describeError(err));
+/** The server refused a compare-and-set: the key's revision is not the one we expected. */
+const isWrongSequence = (err: unknown) =>
+  err instanceof JetStreamApiError &&
+  (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
 
 export function createLocks(deps: LocksDeps): Locks {
   const { kv, holder, ttlMs, logger } = deps;
   const refreshEveryMs = Math.max(100, Math.floor(ttlMs / 3));
+  const handOffMs = deps.handOffMs ?? 10 * 60_000;
+  const requestTimeoutMs = Math.max(500, Math.floor(refreshEveryMs / 2));
+  /** Stops the refreshes of handed-off leases. */
+  const inTransit = new Set<() => void>();
 
   interface Holding {
     runId: string;
@@ -91,15 +106,24 @@ export function createLocks(deps: LocksDeps): Locks {
       JSON.stringify({ runId: h.runId, holder, stage: h.stage, acquiredAt: h.acquiredAt, ...(h.trigger !== undefined ? { trigger: h.trigger } : {}) } satisfies LeaseValue),
     );
 
-  function lease(key: LockKey, holding: Holding, firstRevision: number, resumed = false): Lease {
+  function lease(key: LockKey, holding: Holding, firstRevision: number): Lease {
     const { runId } = holding;
     let revision = firstRevision;
     let active = true;
+    /** Handed off: still refreshed, but a refused refresh means the next stage took it over. */
+    let handedOff = false;
     const lost = new AbortController();
+    const stopTransit = () => {
+      clearInterval(timer);
+      clearTimeout(transitEnd);
+      inTransit.delete(stopTransit);
+    };
+    let transitEnd: NodeJS.Timeout | undefined;
     const markLost = (why: string) => {
       if (!active) return;
       active = false;
-      clearInterval(timer);
+      stopTransit();
+      if (handedOff) return; // taken over by the next stage, as intended
       logger.warn({ lock: key, runId, why }, 'lock lease lost');
       lost.abort(new Error(`lock ${key} lost: ${why}`));
     };
@@ -114,17 +138,44 @@ export function createLocks(deps: LocksDeps): Locks {
     };
     const refresh = (): Promise<boolean> =>
       serially(async () => {
-        if (!active) return false;
+        if (!active && !handedOff) return false;
         try {
-          revision = await kv.update(key, encode(holding), revision);
+          // Bounded well under the lease, so one request lost with a NATS node leaves time for the next.
+          revision = await kv.update(key, encode(holding), revision, requestTimeoutMs);
           writtenAt = Date.now();
           return true;
         } catch (err) {
-          if (isWrongSequence(err)) markLost('taken over or expired');
-          else logger.warn({ lock: key, runId, err: describeError(err) }, 'lock refresh failed; will retry');
-          return false;
+          if (!isWrongSequence(err)) {
+            logger.warn({ lock: key, runId, err: describeError(err) }, 'lock refresh failed; will retry');
+            return false;
+          }
+          const regained = await regain().catch(() => null);
+          if (regained === null) {
+            markLost('taken over or expired');
+            return false;
+          }
+          revision = regained;
+          writtenAt = Date.now();
+          return true;
         }
       });
+    /**
+     * After a refused refresh: our own last write whose reply was lost (the lock names us at a newer
+     * revision), or a lease that lapsed during a NATS outage while nobody took it (the key aged out, no marker),
+     * is still ours. Anything else is not: null.
+     */
+    const regain = async (): Promise<number | null> => {
+      if (handedOff) return null;
+      const now = await latest(key);
+      if (now?.deleted === true) return null; // released by a later holder: it was taken meanwhile
+      if (now !== null) {
+        const v = now.value;
+        return v?.holder === holder && v.runId === runId && v.stage === holding.stage ? now.revision : null;
+      }
+      const taken = await kv.create(key, encode(holding));
+      logger.warn({ lock: key, runId }, 'lease lapsed while NATS was unreachable and nobody took it; taken back');
+      return taken;
+    };
     const timer = setInterval(() => void refresh(), refreshEveryMs);
     return {
       key,
@@ -132,7 +183,6 @@ export function createLocks(deps: LocksDeps): Locks {
       get revision() {
         return revision;
       },
-      resumed,
       lost: lost.signal,
       // A refresh failing for a passing reason (NATS reconnecting, a JetStream leader election) is retried
       // until the lease would have run out: only then, or on a CAS refusal, is it no longer ours.
@@ -145,14 +195,17 @@ export function createLocks(deps: LocksDeps): Locks {
         return false;
       },
       async handOff() {
-        active = false;
-        clearInterval(timer);
+        if (!active) return;
+        handedOff = true;
+        inTransit.add(stopTransit);
+        transitEnd = setTimeout(stopTransit, handOffMs);
+        transitEnd.unref();
         await writing;
       },
       async release() {
-        if (!active) return false;
+        if (!active || handedOff) return false;
         active = false;
-        clearInterval(timer);
+        stopTransit();
         return serially(async () => {
           try {
             await kv.delete(key, { previousSeq: revision });
@@ -198,10 +251,10 @@ export function createLocks(deps: LocksDeps): Locks {
   }
 
   /** Compare-and-set on the revision seen (0: the key has never been written, or aged out). */
-  async function write(key: LockKey, holding: Holding, expected: number, resumed: boolean): Promise<Lease | null> {
+  async function write(key: LockKey, holding: Holding, expected: number): Promise<Lease | null> {
     try {
       const revision = expected === 0 ? await kv.create(key, encode(holding)) : await kv.update(key, encode(holding), expected);
-      return (await stillLatest(key, revision)) ? lease(key, holding, revision, resumed) : null;
+      return (await stillLatest(key, revision)) ? lease(key, holding, revision) : null;
     } catch (err) {
       if (isWrongSequence(err)) return null;
       throw err;
@@ -215,7 +268,7 @@ export function createLocks(deps: LocksDeps): Locks {
       const current = attempt === 0 && seen !== undefined ? seen : await read(key);
       if (current?.value?.runId !== runId) return null;
       const holding = { runId, stage, trigger: current.value.trigger, acquiredAt: current.value.acquiredAt };
-      const taken = await write(key, holding, current.revision, current.value.stage === stage);
+      const taken = await write(key, holding, current.revision);
       if (taken !== null) return taken;
     }
     return null;
@@ -226,7 +279,7 @@ export function createLocks(deps: LocksDeps): Locks {
       const current = await latest(key);
       if (current === null || current.deleted) {
         const holding = { runId, stage, trigger: opts.trigger, acquiredAt: new Date().toISOString() };
-        const won = await write(key, holding, current?.revision ?? 0, false);
+        const won = await write(key, holding, current?.revision ?? 0);
         if (won !== null) return won;
         continue; // someone wrote between our read and our write: look again
       }
@@ -240,6 +293,10 @@ export function createLocks(deps: LocksDeps): Locks {
   }
 
   const adopt = (key: LockKey, runId: string, stage: string) => takeOver(key, runId, stage);
+  const heldBy = async (key: LockKey, runId: string) => (await read(key))?.value?.runId === runId;
+  const close = () => {
+    for (const stop of [...inTransit]) stop();
+  };
 
-  return { acquire, adopt, read };
+  return { acquire, adopt, read, heldBy, close };
 }

@@ -5,6 +5,7 @@ import { ErrorCode, StageError } from './errors';
 import type { ContainerRunner } from './docker';
 import type { Locks } from './lock';
 import type { Logger } from './logger';
+import type { StepRecords } from './record';
 
 /** What every stage service is given by its composition root. */
 export interface ServiceDeps {
@@ -12,6 +13,8 @@ export interface ServiceDeps {
   bus: EventBus;
   locks: Locks;
   runner: ContainerRunner;
+  /** The durable record of each step of each run: what a restart reads to finish a step instead of guessing. */
+  records: StepRecords;
   logger: Logger;
 }
 

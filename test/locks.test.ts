@@ -35,7 +35,8 @@ t.test('KV leases against a real nats-server', async (t) => {
     const b = createLocks({ ...store, holder: 'b', ttlMs: TTL, logger: silent });
     const first = await a.acquire('model', 'old', 'train');
     t.ok(first);
-    await first?.handOff(); // stops refreshing, as a frozen holder would
+    await first?.handOff();
+    a.close(); // stops refreshing, as a stopped or frozen holder does
     t.equal(await b.acquire('model', 'new', 'train'), null, 'held while fresh');
     await new Promise((r) => setTimeout(r, TTL * 1.7));
     const second = await b.acquire('model', 'new', 'train');
@@ -72,6 +73,24 @@ t.test('KV leases against a real nats-server', async (t) => {
     t.equal(await fast.read('model'), null);
   });
 
+  await t.test('a handed-off lease is refreshed until the next stage takes it over, then left alone', async (t) => {
+    const a = createLocks({ ...store, holder: 'a', ttlMs: TTL, logger: silent });
+    const b = createLocks({ ...store, holder: 'b', ttlMs: TTL, logger: silent });
+    const first = await a.acquire('transform', 'transit', 'transform');
+    await first?.handOff();
+    await new Promise((r) => setTimeout(r, TTL * 1.7));
+    t.equal((await b.read('transform'))?.value?.stage, 'transform', 'still held past its TTL while in transit');
+    t.equal(await b.acquire('transform', 'other', 'transform'), null, 'another run cannot take it');
+    const next = await b.adopt('transform', 'transit', 'load');
+    t.ok(next, 'the next stage takes it over');
+    await new Promise((r) => setTimeout(r, TTL));
+    t.notOk(first?.lost.aborted, 'the take-over is not a lost lease for the stage that handed it off');
+    t.ok(await next?.confirm(), 'and the earlier holder no longer writes it');
+    t.equal((await b.read('transform'))?.value?.stage, 'load');
+    t.ok(await next?.release());
+    a.close();
+  });
+
   await t.test('a second trigger reusing a running run id is refused; a redelivery takes it over', async (t) => {
     const a = createLocks({ ...store, holder: 'a', ttlMs: TTL, logger: silent });
     const lease = await a.acquire('transform', 'same', 'transform', { trigger: 7 });
@@ -81,6 +100,7 @@ t.test('KV leases against a real nats-server', async (t) => {
     t.ok(taken);
     t.notOk(await lease?.release(), 'the handed-off lease cannot release');
     t.ok(await taken?.release());
+    a.close();
   });
 });
 

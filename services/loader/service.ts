@@ -2,7 +2,8 @@ import { describeError } from '../../shared/errors';
 import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventMap, type LoadDoneEvent, type Stage } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
-import { failureOf, runContainerStage } from '../../shared/stage';
+import type { StepHandle } from '../../shared/record';
+import { elapsedSince, failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
 import { msgIdFor, hostDirs, consumerService, type Service, type ServiceDeps } from '../../shared/service';
 import type { HandlerContext, HandlerResult } from '../../shared/bus';
 
@@ -14,19 +15,19 @@ type LoadReport = LoadDoneEvent['loads'][number] & { error?: string; handedBack?
  * It takes over the run's transform lock, so no transform writes into a folder being loaded and emptied.
  */
 export function createLoader(deps: ServiceDeps): Service {
-  const { config, bus, locks, runner, logger } = deps;
+  const { config, bus, locks, runner, records, logger } = deps;
   const { aws, processed, viz } = hostDirs(config, 'loader');
   const targets: Record<LoadTarget, { stage: Stage; source: string; envFile: string }> = {
     processed: { stage: 'load-processed', source: processed, envFile: ENV_FILES.loadProcessed },
     viz: { stage: 'load-viz', source: viz, envFile: ENV_FILES.loadViz },
   };
 
-  async function load(target: LoadTarget, runId: string, resume: boolean, signal: AbortSignal): Promise<LoadReport> {
+  async function load(target: LoadTarget, step: StepHandle, signal: AbortSignal): Promise<LoadReport> {
     const { stage, source, envFile } = targets[target];
     try {
-      const result = await runContainerStage(runner, bus, {
+      const result = await runContainerStage(runner, bus, step, {
         stage,
-        runId,
+        runId: step.record.runId,
         image: config.images.load,
         envDir: config.envDir,
         envFile,
@@ -37,7 +38,6 @@ export function createLoader(deps: ServiceDeps): Service {
         ...(config.network !== undefined ? { network: config.network } : {}),
         timeoutMs: config.timeoutsMs.load,
         ...(config.memoryBytes.load !== undefined ? { memoryBytes: config.memoryBytes.load } : {}),
-        resume,
         signal,
       });
       if (result.status === 'handed-back') return { target, outcome: 'failed', exitCode: null, handedBack: true };
@@ -53,45 +53,48 @@ export function createLoader(deps: ServiceDeps): Service {
   async function handle(event: EventMap['data.new'], ctx: HandlerContext): Promise<HandlerResult> {
     const { runId } = event;
     const log = logger.child({ stage: 'load', runId });
-    const started = Date.now();
+    const started = performance.now();
+    const step = await records.open({ runId, step: 'load', subject: Subjects.dataNew, trigger: ctx.streamSequence });
+    const finish = { bus, runner, logger: log };
+    if (!step.sameMessage) {
+      log.info({ first: step.record.trigger }, 'a second data.new for a run whose loads already began; ignored');
+      return 'done';
+    }
+    const prior = await priorEnding(finish, step, 'the loads');
+    if (prior !== undefined) return prior;
     const loadDone = (body: Pick<LoadDoneEvent, 'outcome' | 'loads' | 'error'>) =>
-      bus.publish(Subjects.loadDone, { runId, durationMs: Date.now() - started, ...body }, { msgId: msgIdFor(runId, Subjects.loadDone) });
+      stepEvent(Subjects.loadDone, { runId, durationMs: elapsedSince(started), ...body }, msgIdFor(runId, Subjects.loadDone));
+    const modelTrigger = stepEvent(Subjects.modelTrigger, { runId, reason: 'loaded' }, msgIdFor(runId, Subjects.modelTrigger));
 
     const lease = await locks.acquire('transform', runId, 'load');
     if (lease === null) {
       const holder = await locks.read('transform');
       const error = `the transform lock is held by run ${holder?.value?.runId ?? 'unknown'}; loading now could lose its data`;
       log.error(error);
-      await loadDone({ outcome: 'failed', loads: [], error });
-      return 'done';
+      return finishStep(finish, step, [loadDone({ outcome: 'failed', loads: [], error })]);
     }
     if (config.flags.isDevelopment) {
       log.info('IS_DEVELOPMENT: loads skipped');
-      await loadDone({ outcome: 'skipped', loads: [] });
-    } else {
-      const reports = await Promise.all([load('processed', runId, lease.resumed, ctx.signal), load('viz', runId, lease.resumed, ctx.signal)]);
-      if (reports.some((r) => r.handedBack)) {
-        await lease.handOff();
-        return 'handed-back';
-      }
-      const loads = reports.map(({ target, outcome, exitCode }) => ({ target, outcome, exitCode }));
-      const failed = reports.filter((r) => r.outcome === 'failed');
-      if (failed.length > 0) {
-        const error = failed.map((r) => `load ${r.target}: ${r.error ?? 'failed'}`).join('; ');
-        log.error({ error }, 'load failed');
-        await lease.release();
-        await loadDone({ outcome: 'failed', loads, error });
-        return 'done';
-      }
-      if (!(await lease.confirm())) {
-        await loadDone({ outcome: 'failed', loads, error: 'the transform lock was lost during the loads (its lease expired)' });
-        return 'done';
-      }
-      await loadDone({ outcome: 'loaded', loads });
+      return finishStep(finish, step, [loadDone({ outcome: 'skipped', loads: [] }), modelTrigger], () => lease.handOff());
     }
-    await lease.handOff();
-    await bus.publish(Subjects.modelTrigger, { runId, reason: 'loaded' }, { msgId: msgIdFor(runId, Subjects.modelTrigger) });
-    return 'done';
+    const signal = AbortSignal.any([ctx.signal, lease.lost]);
+    const reports = await Promise.all([load('processed', step, signal), load('viz', step, signal)]);
+    if (reports.some((r) => r.handedBack) && !lease.lost.aborted) {
+      await lease.handOff();
+      return 'handed-back';
+    }
+    const loads = reports.map(({ target, outcome, exitCode }) => ({ target, outcome, exitCode }));
+    if (lease.lost.aborted || !(await lease.confirm())) {
+      if (await locks.heldBy('transform', runId)) return 'done'; // another delivery of this run took over and carries on
+      return finishStep(finish, step, [loadDone({ outcome: 'failed', loads, error: 'the transform lock was lost during the loads (its lease expired)' })]);
+    }
+    const failed = reports.filter((r) => r.outcome === 'failed');
+    if (failed.length > 0) {
+      const error = failed.map((r) => `load ${r.target}: ${r.error ?? 'failed'}`).join('; ');
+      log.error({ error }, 'load failed');
+      return finishStep(finish, step, [loadDone({ outcome: 'failed', loads, error })], () => lease.release());
+    }
+    return finishStep(finish, step, [loadDone({ outcome: 'loaded', loads }), modelTrigger], () => lease.handOff());
   }
 
   return consumerService(bus, 'loader', CONSUMERS.loader.durable, Subjects.dataNew, handle);

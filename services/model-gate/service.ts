@@ -2,9 +2,8 @@ import { describeError } from '../../shared/errors';
 import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type ModelDoneEvent, type TriggerEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
-import { failureOf, runContainerStage } from '../../shared/stage';
+import { elapsedSince, failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
 import { generatedRunId, msgIdFor, consumerService, type Service, type ServiceDeps } from '../../shared/service';
-import type { Lease } from '../../shared/lock';
 import type { HandlerContext, HandlerResult } from '../../shared/bus';
 
 /**
@@ -12,51 +11,48 @@ import type { HandlerContext, HandlerResult } from '../../shared/bus';
  * the dev flags first, in the seed's order, then the gate container's log.
  */
 export function createModelGate(deps: ServiceDeps): Service {
-  const { config, bus, locks, runner, logger } = deps;
+  const { config, bus, locks, runner, records, logger } = deps;
   const { flags } = config;
 
   async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
     const runId = event.runId ?? generatedRunId('m', ctx);
     const log = logger.child({ stage: 'model-trigger', runId });
-    const started = Date.now();
+    const started = performance.now();
+    const step = await records.open({ runId, step: 'model-trigger', subject: Subjects.modelTrigger, trigger: ctx.streamSequence, ...(event.reason !== undefined ? { reason: event.reason } : {}) });
+    const finishDeps = { bus, runner, logger: log };
+    const prior = await priorEnding(finishDeps, step, 'a new model run');
+    if (prior !== undefined) return prior;
+
     const modelLease = await locks.acquire('model', runId, 'model-trigger', { trigger: ctx.streamSequence });
-    if (modelLease === null) {
-      const holder = await locks.read('model');
-      if (holder?.value?.runId === runId && holder.value.trigger === ctx.streamSequence) {
-        log.info({ stage: holder.value.stage }, 'redelivered trigger of a run that has moved on; nothing to do');
-        return 'done';
-      }
-    }
     // The run's transform lock, when this model step belongs to a transform run; taken only after the
     // model lock, so a redelivered trigger never takes it from the trainer.
     const runLease = await locks.adopt('transform', runId, 'model-trigger');
 
-    const finish = async (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }, msgId = msgIdFor(runId, Subjects.modelDone)) => {
-      await Promise.all([runLease?.release(), body.outcome === 'busy' ? undefined : modelLease?.release()]);
-      await bus.publish(Subjects.modelDone, { runId, durationMs: Date.now() - started, ...body }, { msgId });
-      log.info({ outcome: body.outcome, error: body.error }, 'model step ended');
-      return 'done' as const;
-    };
-    const train = async (lease: Lease, reason: 'mismatch' | 'forced') => {
-      await Promise.all([lease.handOff(), runLease?.handOff()]);
-      await bus.publish(Subjects.modelMismatch, { runId, reason }, { msgId: msgIdFor(runId, Subjects.modelMismatch) });
-      log.info({ reason }, 'training requested');
-      return 'done' as const;
-    };
+    const modelDone = (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }) =>
+      stepEvent(Subjects.modelDone, { runId, durationMs: elapsedSince(started), ...body }, msgIdFor(runId, Subjects.modelDone));
+    const finish = (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }) =>
+      finishStep(finishDeps, step, [modelDone(body)], () => Promise.all([runLease?.release(), modelLease?.release()])).then((r) => {
+        log.info({ outcome: body.outcome, error: body.error }, 'model step ended');
+        return r;
+      });
+    const train = (reason: 'mismatch' | 'forced') =>
+      finishStep(finishDeps, step, [stepEvent(Subjects.modelMismatch, { runId, reason }, msgIdFor(runId, Subjects.modelMismatch))], () =>
+        Promise.all([modelLease?.handOff(), runLease?.handOff()]),
+      ).then((r) => {
+        log.info({ reason }, 'training requested');
+        return r;
+      });
 
     if (modelLease === null) {
       const holder = await locks.read('model');
-      return finish(
-        { outcome: 'busy', exitCode: null, error: `model run ${holder?.value?.runId ?? 'unknown'} is still in progress` },
-        `${msgIdFor(runId, Subjects.modelDone)}:busy:${ctx.streamSequence}`,
-      );
+      return finish({ outcome: 'busy', exitCode: null, error: `model run ${holder?.value?.runId ?? 'unknown'} is still in progress` });
     }
-    if (flags.devSkipTrigger && !flags.devForceTraining) return train(modelLease, 'forced');
+    if (flags.devSkipTrigger && !flags.devForceTraining) return train('forced');
     if (flags.devSkipModel && !flags.devForceTraining) return finish({ outcome: 'skipped' });
 
     let result;
     try {
-      result = await runContainerStage(runner, bus, {
+      result = await runContainerStage(runner, bus, step, {
         stage: 'model-trigger',
         runId,
         image: config.images.modelTrigger,
@@ -66,28 +62,28 @@ export function createModelGate(deps: ServiceDeps): Service {
         ...(config.network !== undefined ? { network: config.network } : {}),
         timeoutMs: config.timeoutsMs.modelTrigger,
         ...(config.memoryBytes.modelTrigger !== undefined ? { memoryBytes: config.memoryBytes.modelTrigger } : {}),
-        resume: modelLease.resumed,
         phrase: config.phrases.mismatch,
-        signal: ctx.signal,
+        signal: AbortSignal.any([ctx.signal, modelLease.lost]),
       });
     } catch (err) {
       if (flags.devForceTraining) {
         log.warn({ err: describeError(err) }, 'gate container failed; DEV_FORCE_TRAINING trains anyway');
-        return train(modelLease, 'forced');
+        return train('forced');
       }
       return finish({ outcome: 'failed', exitCode: null, error: describeError(err) });
     }
-    if (result.status === 'handed-back') {
+    if (result.status === 'handed-back' && !modelLease.lost.aborted) {
       await Promise.all([modelLease.handOff(), runLease?.handOff()]);
       return 'handed-back';
     }
-    if (flags.devForceTraining) return train(modelLease, 'forced');
+    if (modelLease.lost.aborted && (await locks.heldBy('model', runId))) return 'done'; // another delivery of this run carries on
+    if (flags.devForceTraining && !modelLease.lost.aborted) return train('forced');
     const failure = failureOf(result, config.timeoutsMs.modelTrigger);
     if (failure !== undefined) return finish({ outcome: 'failed', exitCode: result.exitCode, error: failure });
-    if (!(await modelLease.confirm())) {
+    if (modelLease.lost.aborted || !(await modelLease.confirm())) {
       return finish({ outcome: 'failed', exitCode: result.exitCode, error: 'the model lock was lost during the gate (its lease expired)' });
     }
-    if (result.phraseFound) return train(modelLease, 'mismatch');
+    if (result.phraseFound) return train('mismatch');
     return finish({ outcome: 'up-to-date', exitCode: result.exitCode });
   }
 

@@ -2,7 +2,7 @@ import { describeError } from '../../shared/errors';
 import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventBody, type TriggerEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
-import { failureOf, runContainerStage } from '../../shared/stage';
+import { elapsedSince, failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
 import { generatedRunId, msgIdFor, hostDirs, consumerService, type Service, type ServiceDeps } from '../../shared/service';
 import type { HandlerContext, HandlerResult } from '../../shared/bus';
 
@@ -11,33 +11,32 @@ import type { HandlerContext, HandlerResult } from '../../shared/bus';
  * whole run: on new data it is handed to the loader, which hands it on to the model step.
  */
 export function createTransformer(deps: ServiceDeps): Service {
-  const { config, bus, locks, runner, logger } = deps;
+  const { config, bus, locks, runner, records, logger } = deps;
   const { aws, processed, viz } = hostDirs(config, 'transformer');
 
   async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
     const runId = event.runId ?? generatedRunId('t', ctx);
     const log = logger.child({ stage: 'transform', runId });
-    const started = Date.now();
-    const done = (body: Omit<EventBody<'transform.done'>, 'runId' | 'durationMs'>, msgId = msgIdFor(runId, Subjects.transformDone)) =>
-      bus.publish(Subjects.transformDone, { runId, durationMs: Date.now() - started, ...body }, { msgId });
+    const started = performance.now();
+    const step = await records.open({ runId, step: 'transform', subject: Subjects.transformTrigger, trigger: ctx.streamSequence, ...(event.reason !== undefined ? { reason: event.reason } : {}) });
+    const finish = { bus, runner, logger: log };
+    const prior = await priorEnding(finish, step, 'a new transform run');
+    if (prior !== undefined) return prior;
+    const done = (body: Omit<EventBody<'transform.done'>, 'runId' | 'durationMs'>) =>
+      stepEvent(Subjects.transformDone, { runId, durationMs: elapsedSince(started), ...body }, msgIdFor(runId, Subjects.transformDone));
 
     // A redelivery of this trigger takes back its own run's lock; any other trigger needs it free.
     const lease = await locks.acquire('transform', runId, 'transform', { trigger: ctx.streamSequence });
     if (lease === null) {
       const holder = await locks.read('transform');
-      if (holder?.value?.runId === runId && holder.value.trigger === ctx.streamSequence) {
-        log.info({ stage: holder.value.stage }, 'redelivered trigger of a run that has moved on; nothing to do');
-        return 'done';
-      }
       log.info({ heldBy: holder?.value?.runId }, 'transform run in progress; trigger ends busy');
-      await done({ outcome: 'busy', exitCode: null, error: `run ${holder?.value?.runId ?? 'unknown'} is still in progress` }, `${msgIdFor(runId, Subjects.transformDone)}:busy:${ctx.streamSequence}`);
-      return 'done';
+      return finishStep(finish, step, [done({ outcome: 'busy', exitCode: null, error: `run ${holder?.value?.runId ?? 'unknown'} is still in progress` })]);
     }
     log.info({ reason: event.reason }, 'transform run started');
 
     let result;
     try {
-      result = await runContainerStage(runner, bus, {
+      result = await runContainerStage(runner, bus, step, {
         stage: 'transform',
         runId,
         image: config.images.transform,
@@ -51,34 +50,33 @@ export function createTransformer(deps: ServiceDeps): Service {
         ...(config.network !== undefined ? { network: config.network } : {}),
         timeoutMs: config.timeoutsMs.transform,
         ...(config.memoryBytes.transform !== undefined ? { memoryBytes: config.memoryBytes.transform } : {}),
-        resume: lease.resumed,
         phrase: config.phrases.newData,
-        signal: ctx.signal,
+        signal: AbortSignal.any([ctx.signal, lease.lost]),
       });
     } catch (err) {
       log.error({ err: describeError(err) }, 'transform stage failed');
-      await lease.release();
-      await done({ outcome: 'failed', exitCode: null, error: describeError(err) });
-      return 'done';
+      return finishStep(finish, step, [done({ outcome: 'failed', exitCode: null, error: describeError(err) })], () => lease.release());
     }
-    if (result.status === 'handed-back') {
+    if (result.status === 'handed-back' && !lease.lost.aborted) {
       await lease.handOff();
       return 'handed-back';
     }
+    if (lease.lost.aborted || !(await lease.confirm())) {
+      if (await locks.heldBy('transform', runId)) return 'done'; // another delivery of this run took over and carries on
+      return finishStep(finish, step, [done({ outcome: 'failed', exitCode: result.exitCode, error: 'the transform lock was lost during the run (its lease expired)' })]);
+    }
     const failure = failureOf(result, config.timeoutsMs.transform);
-    if (!(await lease.confirm())) {
-      await done({ outcome: 'failed', exitCode: result.exitCode, error: 'the transform lock was lost during the run (its lease expired)' });
-      return 'done';
-    }
     if (failure !== undefined || !result.phraseFound) {
-      await lease.release();
-      await done(failure !== undefined ? { outcome: 'failed', exitCode: result.exitCode, error: failure } : { outcome: 'no-new-data', exitCode: result.exitCode });
-      return 'done';
+      const body = failure !== undefined ? { outcome: 'failed' as const, exitCode: result.exitCode, error: failure } : { outcome: 'no-new-data' as const, exitCode: result.exitCode };
+      return finishStep(finish, step, [done(body)], () => lease.release());
     }
-    await done({ outcome: 'new-data', exitCode: result.exitCode });
-    await lease.handOff(); // before data.new: the loader takes the lease over from here
-    await bus.publish(Subjects.dataNew, { runId }, { msgId: msgIdFor(runId, Subjects.dataNew) });
-    return 'done';
+    // The lease is handed off before data.new: the loader takes it over from here.
+    return finishStep(
+      finish,
+      step,
+      [done({ outcome: 'new-data', exitCode: result.exitCode }), stepEvent(Subjects.dataNew, { runId }, msgIdFor(runId, Subjects.dataNew))],
+      () => lease.handOff(),
+    );
   }
 
   return consumerService(bus, 'transformer', CONSUMERS.transformer.durable, Subjects.transformTrigger, handle);

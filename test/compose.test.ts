@@ -7,11 +7,12 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
+import { errors } from '@nats-io/nats-core';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { ENV_FILES } from '../shared/envfile';
 import { EVENTS_STREAM, isPermissionDenied } from '../shared/nats';
 import { SERVICE_NAMES } from '../shared/config';
-import { REPO_ROOT, buildComposeImages, localComposeProject } from './helpers/compose';
+import { REPO_ROOT, buildComposeImages, localComposeProject, natsUserName, type ComposeNatsUser } from './helpers/compose';
 import { uid } from './helpers/pipeline';
 import { makeRunDirs } from './helpers/run-dirs';
 
@@ -40,7 +41,8 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
   };
   for (const [key, text] of Object.entries(envFiles)) writeFileSync(join(dirs.env, ENV_FILES[key as keyof typeof ENV_FILES]), text);
 
-  const { project, passwords: pass } = localComposeProject('braintest', dirs, { LOG_LEVEL: 'debug' });
+  // No password is configured: the stack makes its own on the first start.
+  const { project } = localComposeProject('braintest', dirs, { LOG_LEVEL: 'debug' }, 'generated');
   const runIds: string[] = [];
   const connections: NatsConnection[] = [];
   t.teardown(async () => {
@@ -62,6 +64,11 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     t.match(setupLog, `created ${part}`, `setup (as admin) created ${part}`);
   }
 
+  const pass = await project.natsPasswords();
+  const users = Object.keys(pass) as ComposeNatsUser[];
+  for (const user of users) t.match(pass[user], /^p[0-9a-f]{32}$/, `${natsUserName(user)}: a random 128-bit password, shown by passwords.sh show`);
+  t.equal(new Set(Object.values(pass)).size, users.length, 'each user has its own');
+
   const byService = new Map(containers.map((c) => [c.Config.Labels['com.docker.compose.service'], c]));
   for (const name of SERVICE_NAMES) {
     const c = byService.get(name);
@@ -72,6 +79,40 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
 
   const servers = `nats://${await project.published('nats', 4222)}`;
   t.match(servers, /^nats:\/\/127\.0\.0\.1:\d+$/, 'NATS published on loopback only');
+  for (const user of users) {
+    const name = natsUserName(user);
+    const refusedLogin = await connect({ servers, user: name, pass: `${name}-change-me`, name: 'compose-test-change-me' }).then(
+      async (nc) => {
+        await nc.close();
+        return null;
+      },
+      (err: unknown) => err,
+    );
+    t.ok(refusedLogin instanceof errors.AuthorizationError, `${name}-change-me is not ${name}'s password`);
+  }
+
+  // Each service reads only its own password file; the scheduler (no Docker socket) cannot read another's.
+  t.equal((await project.compose('exec', '-T', 'scheduler', 'cat', '/run/brain-secrets/scheduler')).trim(), pass.scheduler, 'the scheduler reads its own');
+  for (const other of ['transformer', 'admin', 'operator']) {
+    const read = await project.compose('exec', '-T', 'scheduler', 'cat', `/run/brain-secrets/${other}`).then(
+      () => 'read',
+      () => 'refused',
+    );
+    t.equal(read, 'refused', `the scheduler cannot read ${other}'s password`);
+  }
+
+  // NATS's monitoring port (no authentication) is not reachable from the other containers.
+  const fetchFrom = (service: string, url: string) =>
+    project
+      .compose('exec', '-T', service, 'node', '-e', `fetch(${JSON.stringify(url)}).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(3))`)
+      .then(
+        () => 'reached',
+        () => 'unreachable',
+      );
+  t.equal(await fetchFrom('scheduler', 'http://transformer:8080/healthz'), 'reached', 'control: the scheduler reaches another container');
+  t.equal(await fetchFrom('scheduler', 'http://nats:8222/healthz'), 'unreachable', 'NATS monitoring is unreachable from the compose network');
+  t.equal(await fetchFrom('transformer', 'http://nats:8222/varz'), 'unreachable', 'from the Docker-socket services too');
+
   const monitor = await connect({ servers, user: 'monitor', pass: pass.monitor, name: 'compose-test-monitor' });
   const operator = await connect({ servers, user: 'operator', pass: pass.operator, name: 'compose-test-operator' });
   connections.push(monitor, operator);

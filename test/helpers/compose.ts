@@ -65,22 +65,35 @@ const NATS_USERS = {
   monitor: 'NATS_MONITOR_PASS',
   operator: 'NATS_OPERATOR_PASS',
 } as const;
+export type ComposeNatsUser = keyof typeof NATS_USERS;
+/** The NATS user name of each key of NATS_USERS. */
+export const natsUserName = (user: ComposeNatsUser): string => (user === 'modelGate' ? 'model-gate' : user);
 
 /**
  * A uniquely named project of the repository's docker-compose.yml on the images `buildComposeImages`
  * makes: the stand-in stages on `dirs`, NATS on a random loopback port (2.9's config), and a fresh
- * password for each NATS user. `env` adds or overrides variables.
+ * password for each NATS user set through its variable, or with `'generated'` none set, so that the stack
+ * makes its own (read them with `project.natsPasswords()`). `env` adds or overrides variables.
  */
 export function localComposeProject(
   namePrefix: string,
   dirs: RunDirs,
+  env?: Record<string, string>,
+): { project: ComposeProject; passwords: Record<ComposeNatsUser, string> };
+export function localComposeProject(namePrefix: string, dirs: RunDirs, env: Record<string, string>, passwords: 'generated'): { project: ComposeProject };
+export function localComposeProject(
+  namePrefix: string,
+  dirs: RunDirs,
   env: Record<string, string> = {},
-): { project: ComposeProject; passwords: Record<keyof typeof NATS_USERS, string> } {
+  mode: 'set' | 'generated' = 'set',
+): { project: ComposeProject; passwords?: Record<ComposeNatsUser, string> } {
   // nats-server parses an interpolated value as a config value: a password must start with a letter.
   const passwords = Object.fromEntries(Object.keys(NATS_USERS).map((user) => [user, `p${randomBytes(12).toString('hex')}`])) as Record<
-    keyof typeof NATS_USERS,
+    ComposeNatsUser,
     string
   >;
+  const passwordEnv =
+    mode === 'set' ? Object.fromEntries(Object.entries(NATS_USERS).map(([user, variable]) => [variable, passwords[user as ComposeNatsUser]])) : {};
   const project = new ComposeProject(`${namePrefix}${randomBytes(4).toString('hex')}`, {
     BRAIN_IMAGE: BRAIN_TEST_IMAGE,
     NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
@@ -88,10 +101,10 @@ export function localComposeProject(
     NATS_PUBLISH: '127.0.0.1:',
     BRAIN_ENV_HOST_DIR: dirs.env,
     ...standInStageEnv(dirs),
-    ...Object.fromEntries(Object.entries(NATS_USERS).map(([user, variable]) => [variable, passwords[user as keyof typeof NATS_USERS]])),
+    ...passwordEnv,
     ...env,
   });
-  return { project, passwords };
+  return mode === 'set' ? { project, passwords } : { project };
 }
 
 let composeCommand: Promise<[string, ...string[]]> | undefined;
@@ -124,6 +137,24 @@ export class ComposeProject {
       const { stderr, message } = err as { stderr?: string; message: string };
       throw new Error(`${[cli, ...pre, ...args].join(' ')} failed: ${stderr ?? message}`);
     }
+  }
+
+  /** The NATS users' passwords as the stack's documented command shows them (`passwords.sh show`). */
+  async natsPasswords(): Promise<Record<ComposeNatsUser, string>> {
+    const out = await this.compose('exec', '-T', 'nats', 'sh', '/etc/nats/passwords.sh', 'show');
+    const shown = new Map(
+      out
+        .trim()
+        .split('\n')
+        .map((line) => line.split(' ') as [string, string]),
+    );
+    const passwords = {} as Record<ComposeNatsUser, string>;
+    for (const user of Object.keys(NATS_USERS) as ComposeNatsUser[]) {
+      const pass = shown.get(natsUserName(user));
+      if (pass === undefined) throw new Error(`passwords.sh show lists no ${natsUserName(user)}:\n${out}`);
+      passwords[user] = pass;
+    }
+    return passwords;
   }
 
   async containers(): Promise<Docker.ContainerInspectInfo[]> {

@@ -1,7 +1,7 @@
 import t from 'tap';
 import Docker from 'dockerode';
 import { jetstream } from '@nats-io/jetstream';
-import { LABELS } from '../shared/docker';
+import { LABELS, containerName } from '../shared/docker';
 import { EVENTS_STREAM } from '../shared/nats';
 import { TEST_IMAGES } from './fixtures/build-images';
 import { Pipeline, docker, uid, waitForContainer } from './helpers/pipeline';
@@ -62,29 +62,75 @@ t.test('a stage far longer than the ack wait is not redelivered', async (t) => {
   t.equal(p.eventsOf(runId).filter((e) => e.subject === 'transform.done').length, 1, 'one transform.done');
 });
 
-t.test('Docker going away mid-stage: the stage fails clearly, the service keeps serving, the container is cleaned up', async (t) => {
+t.test('Docker going away mid-stage: the run keeps its lock and its containers, a second trigger is busy, and the run completes once Docker is back', async (t) => {
   const proxy = await startSocketProxy();
   t.teardown(() => proxy.close());
+  // LOCK_TTL and ACK_WAIT equal, as with the defaults (30 s each), only shorter.
   const p = await Pipeline.start({
-    env: { ACK_WAIT: '1', LOCK_TTL: '2' },
-    envFiles: { transform: { NEW_DATA: '0', SLEEP: '4' } },
+    env: { ACK_WAIT: '3', LOCK_TTL: '3' },
+    // One load exits while Docker is away, the other still runs when it is back.
+    envFiles: { transform: { NEW_DATA: '1' }, loadProcessed: { TARGET: 'processed', SLEEP: '2' }, loadViz: { TARGET: 'viz', SLEEP: '9' } },
     docker: new Docker({ socketPath: proxy.path }),
   });
   t.teardown(() => p.close());
   const runId = uid();
   await p.publish('transform.trigger', { runId });
-  await waitForContainer(runId, 'transform');
+  await waitForContainer(runId, 'load-processed', 30_000);
+  await waitForContainer(runId, 'load-viz', 30_000);
   await proxy.cut();
-  const end = await p.waitForRunEnd(runId, 20_000);
-  t.equal(end.data.outcome, 'failed');
-  t.match(end.data.error, /Docker engine unreachable|socket hang up|ECONNRESET|aborted/i);
+  const second = uid();
+  await p.publish('transform.trigger', { runId: second });
+  const busy = await p.waitForRunEnd(second, 20_000);
+  t.equal(busy.subject, 'transform.done');
+  t.equal(busy.data.outcome, 'busy', 'the run still holds the transform lock while Docker is away');
+  await sleep(5000); // several lock TTLs and ack waits
+  t.same(p.trail(runId), ['transform.trigger', 'transform.done new-data', 'data.new'], 'no outcome for the loads while Docker is away');
+  const exited = await docker.listContainers({ all: true, filters: { label: [`${LABELS.runId}=${runId}`, `${LABELS.stage}=load-processed`], status: ['exited'] } });
+  t.equal(exited.length, 1, 'one load exited meanwhile');
+  t.equal((await docker.listContainers({ filters: { label: [`${LABELS.runId}=${runId}`, `${LABELS.stage}=load-viz`] } })).length, 1, 'the other still runs');
   await proxy.restore();
-  const deadline = Date.now() + 20_000;
-  while ((await p.containers(runId)).length > 0 && Date.now() < deadline) await sleep(250);
-  t.same(await p.containers(runId), [], 'the orphaned container was removed once Docker was back');
-  const next = uid();
-  await p.publish('transform.trigger', { runId: next });
-  t.equal((await p.waitForRunEnd(next, 20_000)).data.outcome, 'no-new-data', 'still serving');
+  const end = await p.waitForRunEnd(runId, 60_000);
+  t.equal(end.data.outcome, 'trained', 'the run completes with its true outcome');
+  t.same(p.trail(runId), ['transform.trigger', 'transform.done new-data', 'data.new', 'load.done loaded', 'model.trigger', 'model.mismatch', 'model.done trained']);
+  t.same(p.starts('transform'), [runId], 'one transform container; none for the busy trigger');
+  t.same(p.starts('load').sort(), [`${runId} processed`, `${runId} viz`], 'one container per load');
+  t.same(p.starts('train'), [runId], 'one training container');
+  t.ok(p.logLinesOf(runId, 'load-viz').some((l) => l.startsWith('pushed')), 'the output after the outage was read');
+  t.same(await p.containers(runId), []);
+  t.same(await p.containers(second), []);
+});
+
+t.test('the attach stream ends before the container exits: the output after it is still scanned (new data, each line once)', async (t) => {
+  const proxy = await startSocketProxy();
+  t.teardown(() => proxy.close());
+  const script = 'echo starting; sleep 3; echo "rows" > /app/processed/$BRAIN_RUN_ID.csv; echo "New data was transformed"; echo done';
+  const p = await Pipeline.start({ envFiles: { transform: { SCRIPT: script } }, docker: new Docker({ socketPath: proxy.path }) });
+  t.teardown(() => p.close());
+  const runId = uid();
+  await p.publish('transform.trigger', { runId });
+  const deadline = Date.now() + 30_000;
+  while (!p.logLinesOf(runId, 'transform').includes('starting') && Date.now() < deadline) await sleep(25);
+  t.equal(proxy.endAttach(), 1, 'the transform’s attach connection was closed');
+  const done = await p.waitForSubject('transform.done', runId, 30_000);
+  t.equal(done.data.outcome, 'new-data', 'the phrase printed after the attach stream ended was found');
+  t.same(p.logLinesOf(runId, 'transform'), ['starting', 'New data was transformed', 'done'], 'each line once');
+  t.equal((await p.waitForRunEnd(runId, 60_000)).data.outcome, 'trained');
+});
+
+t.test('a long-running service: 15 runs add no lasting abort listener (no MaxListenersExceededWarning)', async (t) => {
+  const warnings: Error[] = [];
+  const onWarning = (w: Error) => void warnings.push(w);
+  process.on('warning', onWarning);
+  t.teardown(() => void process.off('warning', onWarning));
+  const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '0' } }, services: ['transformer'] });
+  t.teardown(() => p.close());
+  for (let i = 0; i < 15; i++) {
+    const runId = uid();
+    await p.publish('transform.trigger', { runId });
+    t.equal((await p.waitForRunEnd(runId, 30_000)).data.outcome, 'no-new-data');
+  }
+  await sleep(200);
+  t.same(warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message), []);
 });
 
 t.test('a container killed for memory is recorded as exit 137 and OOM', async (t) => {
@@ -138,7 +184,7 @@ t.test('labelled containers orphaned by an earlier crash are removed at start-up
   const exited = uid('orphan');
   for (const [runId, script, owner] of [[running, 'sleep 120', instance], [exited, 'true', instance], [foreign, 'sleep 120', 'another-deployment']] as const) {
     const container = await docker.createContainer({
-      name: `brain-transform-${runId}`,
+      name: containerName('transform', runId, owner),
       Image: TEST_IMAGES.transform,
       Env: [`SCRIPT=${script}`],
       Labels: { [LABELS.managed]: 'true', [LABELS.stage]: 'transform', [LABELS.runId]: runId, [LABELS.service]: 'transformer', [LABELS.instance]: owner },
@@ -146,7 +192,7 @@ t.test('labelled containers orphaned by an earlier crash are removed at start-up
     });
     await container.start();
   }
-  t.teardown(() => docker.getContainer(`brain-transform-${foreign}`).remove({ force: true }));
+  t.teardown(() => docker.getContainer(containerName('transform', foreign, 'another-deployment')).remove({ force: true }));
   t.equal((await p.containers(running)).length, 1);
   await p.startServices();
   const deadline = Date.now() + 20_000;

@@ -183,20 +183,31 @@ export function createEventBus(deps: BusDeps): EventBus {
   }
 
   /**
-   * Acks a finished message and waits for the server's confirmation, once: the client sends an ack at most
-   * once per delivery (a second `ackAck()` resolves false without sending), so there is nothing to retry here.
-   * An ack lost on the way means the server redelivers the message after the ack wait; recognising that
-   * redelivery as finished is the handler's business.
+   * Acks a finished message and waits for the server's confirmation. The client sends an ack at most once per
+   * delivery (a second `ackAck()` on it resolves false without sending), so there is no retrying one delivery.
+   * If the server redelivered the message while we waited (the ack was lost and the ack wait passed), that newest
+   * delivery is acked in turn: the message is finished here. Otherwise a lost ack is logged with the stream
+   * sequence and the server redelivers the message after the ack wait; recognising that redelivery as finished is
+   * the handler's business.
    */
-  async function acknowledge(msg: JsMsg, subject: string): Promise<void> {
-    let confirmed = false;
-    try {
-      confirmed = await msg.ackAck({ timeout: ACK_CONFIRM_TIMEOUT_MS });
-    } catch (err) {
-      logger.warn({ subject, streamSequence: msg.info.streamSequence, err: describeError(err) }, 'ack not confirmed; the message may be redelivered');
+  async function acknowledge(delivery: { msg: JsMsg }, subject: string): Promise<void> {
+    for (;;) {
+      const msg = delivery.msg;
+      const streamSequence = msg.info.streamSequence;
+      let failure: string | undefined;
+      try {
+        if (await msg.ackAck({ timeout: ACK_CONFIRM_TIMEOUT_MS })) return;
+        failure = 'already answered';
+      } catch (err) {
+        failure = describeError(err);
+      }
+      if (delivery.msg !== msg) {
+        logger.warn({ subject, streamSequence, deliveryCount: delivery.msg.info.deliveryCount, err: failure }, 'ack not confirmed; acking the redelivery that arrived meanwhile');
+        continue;
+      }
+      logger.warn({ subject, streamSequence, err: failure }, 'ack not confirmed; the message may be redelivered');
       return;
     }
-    if (!confirmed) logger.warn({ subject, streamSequence: msg.info.streamSequence }, 'ack not sent (already answered); the message may be redelivered');
   }
 
   async function consume<S extends EventSubject>(durable: string, subject: S, handler: Handler<S>): Promise<Subscription> {
@@ -240,7 +251,7 @@ export function createEventBus(deps: BusDeps): EventBus {
         else if (typeof result === 'object') {
           await reject(subject, delivery.msg, result.rejected);
           delivery.msg.term(result.rejected);
-        } else await acknowledge(delivery.msg, subject);
+        } else await acknowledge(delivery, subject);
       } catch (err) {
         logger.error({ subject, streamSequence: first.info.streamSequence, err: describeError(err) }, 'handler failed; message will be redelivered');
         delivery.msg.nak(shutdown.signal.aborted ? 0 : RETRY_DELAY_MS);
@@ -255,7 +266,7 @@ export function createEventBus(deps: BusDeps): EventBus {
       if (running !== undefined) {
         running.msg = msg;
         logger.warn(
-          { subject, streamSequence: seq, deliveryCount: msg.info.deliveryCount },
+          { subject, streamSequence: seq, deliverySequence: msg.info.deliverySequence, deliveryCount: msg.info.deliveryCount },
           'redelivered while its handler still runs here; that handler answers for the new delivery',
         );
         return;

@@ -362,3 +362,70 @@ t.test('the transformer cut off NATS for longer than the ack wait mid-container:
   t.equal(p.events.filter((e) => e.subject === 'transform.done' && e.data.runId === runId).length, 1, 'one transform.done');
   t.same(p.trail(runId), ['transform.trigger', 'transform.done new-data', 'data.new', 'load.done loaded', 'model.trigger', 'model.mismatch', 'model.done trained']);
 });
+
+t.test('pulling: concurrency, a bounded stop, and a nats-server restart', async (t) => {
+  t.test('50 messages at once run 50 handlers concurrently; a concurrency of 3 runs at most 3', async (t) => {
+    const h = await harness(t, 5000);
+    for (const [durable, subject, concurrency, expected] of [
+      [CONSUMERS.transformer.durable, 'transform.trigger', undefined, 50],
+      [CONSUMERS.modelGate.durable, 'model.trigger', 3, 3],
+    ] as const) {
+      const bus = createEventBus({ nc: h.nc, logger: createLogger('bus-test', 'warn'), ackWaitMs: 5000, ...(concurrency !== undefined ? { concurrency } : {}) });
+      let running = 0;
+      let peak = 0;
+      let finished = 0;
+      const sub = await bus.consume(durable, subject, async () => {
+        running++;
+        peak = Math.max(peak, running);
+        await sleep(300);
+        running--;
+        finished++;
+        return 'done';
+      });
+      for (let i = 0; i < 50; i++) h.direct.publish(subject, '');
+      await until(`50 handled on ${subject}`, () => finished === 50, 30_000);
+      await sub.stop();
+      t.equal(peak, expected, `${subject}: at most ${expected} at once, and that many`);
+    }
+  });
+
+  t.test('an idle consumer stops within its pull expiry, and leaves no pull request on the server', async (t) => {
+    const h = await harness(t, 30_000);
+    const sub = await h.bus.consume(CONSUMERS.transformer.durable, 'transform.trigger', async () => 'done');
+    await sleep(500);
+    const started = Date.now();
+    await sub.stop();
+    const took = Date.now() - started;
+    t.ok(took < 3000, `stopped in ${took} ms`);
+    const info = await (await jetstreamManager(h.direct)).consumers.info(EVENTS_STREAM, CONSUMERS.transformer.durable);
+    t.equal(info.num_waiting, 0, 'no pull request of ours is waiting on the server');
+  });
+
+  t.test('after kill -9 and restart of nats-server the consumer pulls again', async (t) => {
+    const h = await harness(t, 5000);
+    const seen: number[] = [];
+    const sub = await h.bus.consume(CONSUMERS.transformer.durable, 'transform.trigger', async (_e, ctx) => {
+      seen.push(ctx.streamSequence);
+      return 'done';
+    });
+    t.teardown(() => sub.stop());
+    h.direct.publish('transform.trigger', '');
+    await until('the first message', () => seen.length === 1);
+    await h.nats.stop('SIGKILL');
+    await sleep(1500);
+    await h.nats.restart();
+    await until('the direct client back', async () => {
+      try {
+        await h.direct.flush();
+        await (await jetstreamManager(h.direct)).consumers.info(EVENTS_STREAM, CONSUMERS.transformer.durable);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    const js = jetstream(h.direct);
+    await js.publish('transform.trigger', '');
+    await until('the message after the restart', () => seen.length === 2, 20_000);
+    t.equal(seen.length, 2, 'handled');
+  });
+});

@@ -141,6 +141,13 @@ class HandedBack extends Error {
   }
 }
 
+/** Carries the caller's own error out of `onStarted`, unchanged. */
+class OnStartedFailed extends Error {
+  constructor(cause: unknown) {
+    super('onStarted failed', { cause });
+  }
+}
+
 /** Resolves after `ms`, or rejects with HandedBack once `signal` aborts. */
 function pause(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -390,7 +397,12 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
         log.info({ state: existing.State.Status }, 'adopting existing container');
         containerStartedAt = Date.parse(existing.State.StartedAt) || Date.now();
       }
-      await spec.onStarted?.({ id, name, adopted });
+      try {
+        await spec.onStarted?.({ id, name, adopted });
+      } catch (err) {
+        (stream as { destroy?: () => void } | null)?.destroy?.(); // the container runs on, for a redelivery to adopt
+        throw new OnStartedFailed(err);
+      }
 
       // The deadline runs from the container's own start. A container that has already exited is judged by
       // its own exit: no timer. One past its deadline is stopped at once; while Docker is away, as soon as it is back.
@@ -438,6 +450,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       log.info({ exitCode, oomKilled, timedOut, phraseFound: result.phraseFound }, 'container finished');
       return result;
     } catch (err) {
+      if (err instanceof OnStartedFailed) throw err.cause;
       if (!(err instanceof HandedBack)) throw stageError(`follow the ${spec.stage} container`, err, ErrorCode.ContainerGone);
       log.info('stopped watching; container left running for the next service instance');
       return { status: 'handed-back', exitCode: null, oomKilled: false, timedOut: false, phraseFound: false, adopted, durationMs: Date.now() - started, containerId: id };

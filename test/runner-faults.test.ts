@@ -117,6 +117,21 @@ t.test('Docker unreachable, back while the container still runs: it is followed 
   t.same(lines, ['before', 'the phrase']);
 });
 
+t.test('the answer to the start is lost with the connection: the container (started after all) is followed from its log, not failed', async (t) => {
+  const { proxy, client } = await withProxy(t);
+  const { runner, started } = runnerVia(client);
+  const runId = uid();
+  const { spec: s, lines } = spec(runId, 'echo first; sleep 1; echo the phrase');
+  proxy.loseAnswerTo(/^\/(v[\d.]+\/)?containers\/[^/]+\/start$/);
+  const result = await runner.run(s);
+  t.match(result, { status: 'exited', exitCode: 0, phraseFound: true, adopted: false });
+  t.same(lines, ['first', 'the phrase'], 'every line once, the first one included');
+  t.same(started, ['model-trigger'], 'started once');
+  t.equal(proxy.requests.filter((r) => r.endsWith('/start')).length, 1, 'no second start: Docker said it was running');
+  t.ok(logRequests(proxy) >= 1, 'its output came from its log');
+  t.same(await remaining(runId), []);
+});
+
 t.test('the deadline passes while Docker is away: the container is stopped once Docker is back, then reported timed out', async (t) => {
   const { proxy, client } = await withProxy(t);
   const { runner } = runnerVia(client);
@@ -208,6 +223,20 @@ t.test('onStarted is awaited with the container before it is followed (started, 
     { id: result.containerId, name, adopted: false },
     { id: result.containerId, name, adopted: true },
   ]);
+});
+
+t.test('onStarted failing: its own error, the container runs on and the next delivery adopts it', async (t) => {
+  const { runner, started } = runnerVia(docker);
+  const runId = uid();
+  const recordFailed = new Error('could not record the start');
+  const err = await runner.run({ ...spec(runId, 'sleep 1; echo the phrase').spec, onStarted: async () => Promise.reject(recordFailed) }).catch((e: unknown) => e);
+  t.equal(err, recordFailed, 'the caller’s error, unchanged');
+  t.equal((await docker.listContainers({ filters: { label: [`${LABELS.runId}=${runId}`], status: ['running'] } })).length, 1, 'left running');
+  const { spec: again, lines } = spec(runId, 'true', { resume: true });
+  t.match(await runner.run(again), { status: 'exited', exitCode: 0, phraseFound: true, adopted: true });
+  t.same(lines, ['the phrase']);
+  t.same(started, ['model-trigger'], 'started once');
+  t.same(await remaining(runId), []);
 });
 
 t.test('another deployment’s container under the run’s name is refused, never adopted, stopped or removed', async (t) => {

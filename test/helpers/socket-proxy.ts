@@ -15,6 +15,11 @@ export interface SocketProxy {
   restore(): Promise<void>;
   /** Closes the attach connections open now; resolves with how many there were. */
   endAttach(): number;
+  /**
+   * The next request whose path matches reaches Docker, but its connection is closed as Docker answers:
+   * the caller never learns the result (as when dockerd restarts mid-request).
+   */
+  loseAnswerTo(path: RegExp): void;
   /** Requests seen so far, as `METHOD /path` (query cut off), oldest first. */
   readonly requests: string[];
   close(): Promise<void>;
@@ -25,6 +30,8 @@ interface Pair {
   upstream: Socket;
   /** The connection carried an attach request: from then on it is the container's output stream. */
   attach: boolean;
+  /** Close the connection as soon as Docker answers. */
+  loseAnswer: boolean;
 }
 
 const REQUEST_LINE = /(GET|POST|PUT|DELETE|HEAD) (\/[^ ?]*)/g;
@@ -35,12 +42,13 @@ export async function startSocketProxy(target = '/var/run/docker.sock'): Promise
   const pairs = new Set<Pair>();
   const requests: string[] = [];
   let server: Server | undefined;
+  let loseAnswerTo: RegExp | undefined;
 
   const listen = () =>
     new Promise<void>((resolve) => {
       server = createServer((client) => {
         const upstream = createConnection(target);
-        const pair: Pair = { client, upstream, attach: false };
+        const pair: Pair = { client, upstream, attach: false, loseAnswer: false };
         pairs.add(pair);
         const drop = () => {
           client.destroy();
@@ -54,7 +62,14 @@ export async function startSocketProxy(target = '/var/run/docker.sock'): Promise
           for (const match of chunk.toString('latin1').matchAll(REQUEST_LINE)) {
             requests.push(`${match[1]} ${match[2]}`);
             if (/\/containers\/[^/]+\/attach$/.test(match[2] ?? '')) pair.attach = true;
+            if (loseAnswerTo?.test(match[2] ?? '') === true) {
+              loseAnswerTo = undefined;
+              pair.loseAnswer = true;
+            }
           }
+        });
+        upstream.on('data', () => {
+          if (pair.loseAnswer) drop();
         });
         client.pipe(upstream).pipe(client);
       });
@@ -77,6 +92,9 @@ export async function startSocketProxy(target = '/var/run/docker.sock'): Promise
     requests,
     cut: stop,
     restore: listen,
+    loseAnswerTo(path) {
+      loseAnswerTo = path;
+    },
     endAttach() {
       let ended = 0;
       for (const pair of [...pairs]) {

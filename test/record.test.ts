@@ -1,7 +1,8 @@
 import t from 'tap';
 import { Kvm } from '@nats-io/kv';
-import { Pipeline, uid, waitForContainer } from './helpers/pipeline';
+import { Pipeline, docker, uid, waitForContainer } from './helpers/pipeline';
 import { spawnService } from './helpers/service-process';
+import { startNatsProxy } from './helpers/nats-proxy';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -94,4 +95,66 @@ t.test('a lease lost mid-stage stops its holder: no stale outcome, its container
   const lock = await kv.get('transform');
   t.match(lock?.string(), new RegExp(thief), 'the new holder keeps the lock');
   await kv.delete('transform');
+});
+
+/** The transformer as a child process whose NATS traffic goes through a proxy that can drop publishes. */
+async function transformerBehindProxy(t: Teardown, p: Pipeline) {
+  const proxy = await startNatsProxy({ port: p.nats.port });
+  t.teardown(() => proxy.close());
+  const spawnTransformer = (url = proxy.url) => {
+    const child = spawnService(['service', 'transformer'], { ...p.env, NATS_URL: url, HEALTH_PORT: '0' });
+    t.teardown(async () => {
+      child.signal('SIGKILL');
+      await child.exited;
+    });
+    return child;
+  };
+  return { proxy, spawnTransformer };
+}
+
+type Teardown = { teardown(fn: () => unknown): void };
+
+t.test('a lost ack: the redelivered trigger finds its step ended in the record and runs nothing again', async (t) => {
+  // The ack wait outlasts the wait for the ack's confirmation, so the redelivery arrives after the handler is gone.
+  const p = await Pipeline.start({ env: { ACK_WAIT: '8', LOCK_TTL: '24' }, envFiles: { transform: { NEW_DATA: '0' } }, services: ['loader', 'model-gate', 'trainer'] });
+  t.teardown(() => p.close());
+  const { proxy, spawnTransformer } = await transformerBehindProxy(t, p);
+  const transformer = spawnTransformer();
+  await transformer.waitForLog(/services started/);
+  const lostAck = proxy.drop((pub) => pub.subject.startsWith('$JS.ACK.BRAIN_EVENTS.transformer.') && pub.payload.toString() === '+ACK', { count: 1 });
+  const runId = uid();
+  await p.publish('transform.trigger', { runId });
+  t.equal((await p.waitForRunEnd(runId, 20_000)).data.outcome, 'no-new-data');
+  await lostAck.done;
+  await transformer.waitForLog(/step already ended/, 20_000);
+  await sleep(9000); // another ack wait: the redelivery was acked
+  t.same(p.starts('transform'), [runId], 'one transform container: the redelivery did not run the step again');
+  t.same(p.trail(runId), ['transform.trigger', 'transform.done no-new-data'], 'one outcome');
+});
+
+t.test('kill -9 between a container’s exit and its outcome’s publish, back past the lease: the recorded exit is published, nothing runs twice', async (t) => {
+  const p = await Pipeline.start({ env: { ACK_WAIT: '2', LOCK_TTL: '6' }, envFiles: { transform: { NEW_DATA: '1', SLEEP: '1' } }, services: ['loader', 'model-gate', 'trainer'] });
+  t.teardown(() => p.close());
+  const { proxy, spawnTransformer } = await transformerBehindProxy(t, p);
+  const first = spawnTransformer();
+  await first.waitForLog(/services started/);
+  // The outcome cannot reach the stream: the service retries its publish while we kill it.
+  const held = proxy.drop((pub) => pub.subject === 'transform.done');
+  const runId = uid();
+  await p.publish('transform.trigger', { runId });
+  const container = await waitForContainer(runId, 'transform');
+  await docker.getContainer(container.Id).wait();
+  await first.waitForLog(/publish failed; retrying/, 15_000);
+  first.signal('SIGKILL');
+  await first.exited;
+  held.remove();
+  await sleep(8000); // past the 6 s lease
+  spawnTransformer(p.nats.url);
+  const end = await p.waitForRunEnd(runId, 40_000);
+  t.equal(end.data.outcome, 'trained', 'the exit recorded before the kill decides the run');
+  t.same(p.starts('transform'), [runId], 'one transform container');
+  t.same(p.trail(runId), ['transform.trigger', 'transform.done new-data', 'data.new', 'load.done loaded', 'model.trigger', 'model.mismatch', 'model.done trained']);
+  const deadline = Date.now() + 10_000;
+  while ((await p.containers(runId)).length > 0 && Date.now() < deadline) await sleep(100);
+  t.same(await p.containers(runId), [], 'its container removed once the outcome was stored');
 });

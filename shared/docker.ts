@@ -72,6 +72,11 @@ export interface StageResult {
 }
 
 export interface ContainerRunner {
+  /**
+   * Runs (or adopts) the stage's container and follows it to its end. The exited container is left in
+   * place: the caller removes it (`remove(result.containerId)`) once the outcome is safely stored, so a
+   * restart in between still finds it.
+   */
   run(spec: StageSpec): Promise<StageResult>;
   /** This deployment's labelled containers, for start-up reconciliation and tests. */
   list(filter?: { stage?: Stage; runId?: string }): Promise<{ id: string; name: string; state: string; labels: Record<string, string> }[]>;
@@ -436,7 +441,6 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       // Stopped by us, or (an earlier instance's stop) killed after running its full limit.
       const ran = ranForMs(final);
       const timedOut = stoppedByUs || (!oomKilled && exitCode !== 0 && ran !== null && ran >= spec.timeoutMs);
-      await removeAfterExit(id);
       const result: StageResult = {
         status: 'exited',
         exitCode,
@@ -554,22 +558,6 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       if (signal.aborted) throw new HandedBack();
     }
 
-    /** Once the outcome is known the container goes; if Docker is away too long, the orphan sweeper removes it later. */
-    async function removeAfterExit(id: string): Promise<void> {
-      const deadline = Date.now() + 10_000;
-      for (let delay = 100; ; delay = Math.min(delay * 2, maxRetryDelay)) {
-        try {
-          await removeChecked(id);
-          return;
-        } catch (err) {
-          if (Date.now() + delay > deadline || signal.aborted) {
-            log.warn({ err: describeError(err) }, 'could not remove the exited container; the orphan sweeper will');
-            return;
-          }
-          await pause(delay, signal).catch(() => undefined);
-        }
-      }
-    }
   }
 
   async function forward(spec: StageSpec, name: StreamName, lines: string[]) {

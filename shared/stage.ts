@@ -196,6 +196,3 @@ export async function priorEnding(deps: FinishDeps, step: StepHandle, what: stri
   }
   return undefined;
 }
-
-/** Milliseconds since a `performance.now()` reading: monotonic, never negative when the wall clock steps back. */
-export const elapsedSince = (start: number) => Math.max(0, Math.round(performance.now() - start));

@@ -45,7 +45,7 @@ t.test('killed -9 mid-container, back after the stage’s deadline: a container 
   t.same(p.starts('transform'), [runId], 'not started again');
   t.ok(second.output.some((l) => l.includes('adopting existing container') && l.includes('"state":"exited"')), 'the restarted service adopted the exited container');
   t.notOk(second.output.some((l) => l.includes('stage timed out')), 'no timer was armed for it');
-  t.same(await p.containers(runId), [], 'nothing left');
+  t.same(await p.leftBehind(runId), [], 'nothing left');
 });
 
 t.test('a secret rotated while the container runs: the adopted container’s log shows neither the old nor the new value', async (t) => {
@@ -76,5 +76,5 @@ t.test('a secret rotated while the container runs: the adopted container’s log
   t.notOk(published.includes(oldSecret), 'the value it was started with never appears');
   t.notOk(published.includes(newSecret), 'nor the current one');
   t.notOk(second.output.join('\n').includes(oldSecret), 'nor in the service’s own log');
-  t.same(await p.containers(runId), [], 'nothing left');
+  t.same(await p.leftBehind(runId), [], 'nothing left');
 });

@@ -34,7 +34,7 @@ t.test('full chain with new data: files land, model trained, each event once and
   t.ok(lines.some((l) => l.includes('****')), 'the env-file secret is masked in forwarded lines');
   t.notOk(JSON.stringify(p.logBatches).includes('sekret-token-4711'), 'secret never forwarded');
   t.notOk(p.logLines.join('\n').includes('sekret-token-4711'), 'secret never logged');
-  t.same(await p.containers(runId), [], 'no container left behind');
+  t.same(await p.leftBehind(runId), [], 'no container left behind');
   const serviceLog = p.logLines.map((l) => JSON.parse(l) as { runId?: string; service?: string; stage?: string });
   t.ok(serviceLog.some((l) => l.runId === runId && l.service !== undefined && l.stage !== undefined), 'log lines carry service, stage and runId');
 });

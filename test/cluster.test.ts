@@ -56,7 +56,7 @@ t.test('three-node cluster, two replicas of every service', async (t) => {
     t.same(only(p.starts('transform'), runId), [runId], 'one transform container');
     t.same(only(p.starts('load'), runId).sort(), [`${runId} processed`, `${runId} viz`], 'one container per load');
     t.same(only(p.starts('train'), runId), [runId], 'one training container');
-    t.same(await p.containers([runId]), [], 'no container left behind');
+    t.same(await p.leftBehind([runId]), [], 'no container left behind');
   });
 
   t.test('10 triggers at once: one run goes ahead, the others end busy', async (t) => {

@@ -83,5 +83,5 @@ t.test('two deployments on one Docker engine, the same run id in both at once: e
   const [sa, sb] = [span(recorder.events, instanceA), span(recorder.events, instanceB)];
   t.ok(sa.start < sb.die && sb.start < sa.die, 'the two transform containers of the run ran at the same time');
   t.equal(recorder.events.filter((e) => e.action === 'destroy').length, created.length, 'each removed, by its own deployment');
-  t.same(await a.containers(runId), []);
+  t.same(await a.leftBehind(runId), []);
 });

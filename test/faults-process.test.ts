@@ -41,7 +41,7 @@ t.test('kill -9 of the transformer mid-container: the restarted service adopts t
   t.same(p.trail(runId).slice(0, 3), ['transform.trigger', 'transform.done new-data', 'data.new']);
   t.same(p.starts('transform'), [runId], 'no second transform container');
   t.ok(second.output.some((l) => l.includes('adopting existing container')), 'the new process adopted it');
-  t.same(await p.containers(runId), []);
+  t.same(await p.leftBehind(runId), []);
 });
 
 t.test('kill -9 mid-container, container gone by restart: the stage fails with a clear error', async (t) => {

@@ -96,7 +96,7 @@ t.test('Docker going away mid-stage: the run keeps its lock and its containers, 
   t.same(p.starts('load').sort(), [`${runId} processed`, `${runId} viz`], 'one container per load');
   t.same(p.starts('train'), [runId], 'one training container');
   t.ok(p.logLinesOf(runId, 'load-viz').some((l) => l.startsWith('pushed')), 'the output after the outage was read');
-  t.same(await p.containers(runId), []);
+  t.same(await p.leftBehind(runId), []);
   t.same(await p.containers(second), []);
 });
 

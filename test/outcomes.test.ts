@@ -19,7 +19,7 @@ t.test('no new data ends the run with transform.done no-new-data and starts no l
   t.equal(end.data.exitCode, 0);
   t.same(p.trail(runId), ['transform.trigger', 'transform.done no-new-data']);
   t.same(p.starts('load'), []);
-  t.same(await p.containers(runId), []);
+  t.same(await p.leftBehind(runId), []);
 });
 
 t.test('the phrase is found when it is not on the last line', async (t) => {
@@ -52,7 +52,7 @@ t.test('a failing transform container ends the run failed with its exit code', a
   t.equal(end.data.outcome, 'failed');
   t.equal(end.data.exitCode, 3);
   t.match(end.data.error, /exited with code 3/);
-  t.same(await p.containers(runId), []);
+  t.same(await p.leftBehind(runId), []);
 });
 
 t.test('a failing load fails the run; the lock is released for the next run', async (t) => {
@@ -104,7 +104,7 @@ t.test('a failing training container ends model.done failed', async (t) => {
   t.equal(end.data.outcome, 'failed');
   t.equal(end.data.exitCode, 1);
   t.same(p.trail(runId).slice(-2), ['model.mismatch', 'model.done failed']);
-  t.same(await p.containers(runId), []);
+  t.same(await p.leftBehind(runId), []);
 });
 
 t.test('a missing image fails the stage with a clear error and the service keeps serving', async (t) => {
@@ -129,7 +129,7 @@ t.test('a stage past its timeout is stopped and fails', async (t) => {
   t.equal(end.data.outcome, 'failed');
   t.match(end.data.error, /timed out after 1 s/);
   t.ok(Date.now() - started < 20_000, 'stopped well before the container would have ended');
-  t.same(await p.containers(runId), [], 'the stopped container was removed');
+  t.same(await p.leftBehind(runId), [], 'the stopped container was removed');
 });
 
 t.test('a bad mount fails the stage with a clear error', async (t) => {
@@ -143,7 +143,7 @@ t.test('a bad mount fails the stage with a clear error', async (t) => {
   const end = await p.waitForRunEnd(runId);
   t.equal(end.data.outcome, 'failed');
   t.match(end.data.error, /does-not-exist/);
-  t.same(await p.containers(runId), []);
+  t.same(await p.leftBehind(runId), []);
 });
 
 t.test('Docker being unreachable fails the stage clearly; the service stays up', async (t) => {

@@ -89,9 +89,7 @@ t.test('a lease lost mid-stage stops its holder: no stale outcome, its container
   t.equal(end.data.outcome, 'failed');
   t.match(end.data.error, /lock was lost/);
   t.notOk(p.trail(runId).includes('data.new'), 'no hand-off to the loads');
-  const deadline = Date.now() + 10_000;
-  while ((await p.containers(runId)).length > 0 && Date.now() < deadline) await sleep(100);
-  t.same(await p.containers(runId), [], 'the container was stopped and removed, not left writing');
+  t.same(await p.leftBehind(runId), [], 'the container was stopped and removed, not left writing');
   const lock = await kv.get('transform');
   t.match(lock?.string(), new RegExp(thief), 'the new holder keeps the lock');
   await kv.delete('transform');
@@ -154,7 +152,5 @@ t.test('kill -9 between a container’s exit and its outcome’s publish, back p
   t.equal(end.data.outcome, 'trained', 'the exit recorded before the kill decides the run');
   t.same(p.starts('transform'), [runId], 'one transform container');
   t.same(p.trail(runId), ['transform.trigger', 'transform.done new-data', 'data.new', 'load.done loaded', 'model.trigger', 'model.mismatch', 'model.done trained']);
-  const deadline = Date.now() + 10_000;
-  while ((await p.containers(runId)).length > 0 && Date.now() < deadline) await sleep(100);
-  t.same(await p.containers(runId), [], 'its container removed once the outcome was stored');
+  t.same(await p.leftBehind(runId), [], 'its container removed once the outcome was stored');
 });

@@ -15,7 +15,7 @@ t.test('a service restarted mid-run adopts its running container and finishes th
   t.equal(end.data.outcome, 'trained');
   t.same(p.trail(runId), ['transform.trigger', 'transform.done new-data', 'data.new', 'load.done loaded', 'model.trigger', 'model.mismatch', 'model.done trained']);
   t.same(p.starts('transform'), [runId], 'one transform container, adopted rather than started again');
-  t.same(await p.containers(runId), []);
+  t.same(await p.leftBehind(runId), []);
 });
 
 t.test('a service restarted after its container ended reads the outcome from the exited container', async (t) => {
@@ -31,7 +31,7 @@ t.test('a service restarted after its container ended reads the outcome from the
   t.equal(end.data.outcome, 'failed');
   t.equal(end.data.exitCode, 4, 'the exit code of the container that ran while the service was down');
   t.same(p.starts('train'), [runId]);
-  t.same(await p.containers(runId), []);
+  t.same(await p.leftBehind(runId), []);
 });
 
 t.test('events published while a service is down are handled when it comes back', async (t) => {

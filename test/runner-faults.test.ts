@@ -11,6 +11,7 @@ import { LABELS, containerName, createContainerRunner, type StageSpec } from '..
 import { createLogger } from '../shared/logger';
 import { ErrorCode } from '../shared/errors';
 import { TEST_IMAGES } from './fixtures/build-images';
+import { removingAfterExit } from './helpers/runner';
 import { docker, uid } from './helpers/pipeline';
 import { startSocketProxy, type SocketProxy } from './helpers/socket-proxy';
 
@@ -31,7 +32,7 @@ function runnerVia(client: Docker) {
     stopGraceSeconds: 1,
     maxRetryDelayMs: 500,
   });
-  return { runner, started, logged: () => logLines.join('') };
+  return { runner: removingAfterExit(runner), started, logged: () => logLines.join('') };
 }
 
 async function withProxy(t: { teardown(fn: () => unknown): void }): Promise<{ proxy: SocketProxy; client: Docker }> {

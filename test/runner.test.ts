@@ -8,6 +8,7 @@ import { LABELS, containerName, createContainerRunner, type PullPolicy, type Sta
 import { createLogger } from '../shared/logger';
 import { ErrorCode, StageError } from '../shared/errors';
 import { TEST_IMAGES } from './fixtures/build-images';
+import { removingAfterExit } from './helpers/runner';
 import { docker, uid } from './helpers/pipeline';
 
 const instance = `runner-test-${uid()}`;
@@ -24,7 +25,7 @@ function runnerWith(pullPolicy: PullPolicy) {
     logger: createLogger('runner-test', 'info', sink),
     onContainerStart: (stage) => started.push(stage),
   });
-  return { runner, started, logged: () => logLines.join('') };
+  return { runner: removingAfterExit(runner), started, logged: () => logLines.join('') };
 }
 
 function spec(runId: string, script: string, over: Partial<StageSpec> = {}): StageSpec {

@@ -116,7 +116,7 @@ async function checkTransformContainer(t: tap.Test, p: Pipeline, runId: string, 
 
   const end = await p.waitForRunEnd(runId);
   t.equal(end.data.outcome, 'no-new-data', 'the inspected run completed');
-  t.same(await p.containers(runId), [], 'its container was removed');
+  t.same(await p.leftBehind(runId), [], 'its container was removed');
   return info.Name.replace(/^\//, '');
 }
 

@@ -3,9 +3,9 @@ import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventMap, type LoadDoneEvent, type Stage } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
 import type { StepHandle } from '../../shared/record';
-import { elapsedSince, failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
+import { failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
 import { msgIdFor, hostDirs, consumerService, type Service, type ServiceDeps } from '../../shared/service';
-import type { HandlerContext, HandlerResult } from '../../shared/bus';
+import { elapsedMs, monotonicNow, type HandlerContext, type HandlerResult } from '../../shared/bus';
 
 type LoadTarget = 'processed' | 'viz';
 type LoadReport = LoadDoneEvent['loads'][number] & { error?: string; handedBack?: boolean };
@@ -53,7 +53,7 @@ export function createLoader(deps: ServiceDeps): Service {
   async function handle(event: EventMap['data.new'], ctx: HandlerContext): Promise<HandlerResult> {
     const { runId } = event;
     const log = logger.child({ stage: 'load', runId });
-    const started = performance.now();
+    const started = monotonicNow();
     const step = await records.open({ runId, step: 'load', subject: Subjects.dataNew, trigger: ctx.streamSequence });
     const finish = { bus, runner, logger: log };
     if (!step.sameMessage) {
@@ -63,7 +63,7 @@ export function createLoader(deps: ServiceDeps): Service {
     const prior = await priorEnding(finish, step, 'the loads');
     if (prior !== undefined) return prior;
     const loadDone = (body: Pick<LoadDoneEvent, 'outcome' | 'loads' | 'error'>) =>
-      stepEvent(Subjects.loadDone, { runId, durationMs: elapsedSince(started), ...body }, msgIdFor(runId, Subjects.loadDone));
+      stepEvent(Subjects.loadDone, { runId, durationMs: elapsedMs(started), ...body }, msgIdFor(runId, Subjects.loadDone));
     const modelTrigger = stepEvent(Subjects.modelTrigger, { runId, reason: 'loaded' }, msgIdFor(runId, Subjects.modelTrigger));
 
     const lease = await locks.acquire('transform', runId, 'load');

@@ -2,9 +2,9 @@ import { describeError } from '../../shared/errors';
 import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type ModelDoneEvent, type TriggerEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
-import { elapsedSince, failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
+import { failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
 import { generatedRunId, msgIdFor, consumerService, type Service, type ServiceDeps } from '../../shared/service';
-import type { HandlerContext, HandlerResult } from '../../shared/bus';
+import { elapsedMs, monotonicNow, type HandlerContext, type HandlerResult } from '../../shared/bus';
 
 /**
  * On model.trigger (from the loader, or by hand), decides whether the model must be retrained:
@@ -17,7 +17,7 @@ export function createModelGate(deps: ServiceDeps): Service {
   async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
     const runId = event.runId ?? generatedRunId('m', ctx);
     const log = logger.child({ stage: 'model-trigger', runId });
-    const started = performance.now();
+    const started = monotonicNow();
     const step = await records.open({ runId, step: 'model-trigger', subject: Subjects.modelTrigger, trigger: ctx.streamSequence, ...(event.reason !== undefined ? { reason: event.reason } : {}) });
     const finishDeps = { bus, runner, logger: log };
     const prior = await priorEnding(finishDeps, step, 'a new model run');
@@ -29,7 +29,7 @@ export function createModelGate(deps: ServiceDeps): Service {
     const runLease = await locks.adopt('transform', runId, 'model-trigger');
 
     const modelDone = (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }) =>
-      stepEvent(Subjects.modelDone, { runId, durationMs: elapsedSince(started), ...body }, msgIdFor(runId, Subjects.modelDone));
+      stepEvent(Subjects.modelDone, { runId, durationMs: elapsedMs(started), ...body }, msgIdFor(runId, Subjects.modelDone));
     const finish = (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }) =>
       finishStep(finishDeps, step, [modelDone(body)], () => Promise.all([runLease?.release(), modelLease?.release()])).then((r) => {
         log.info({ outcome: body.outcome, error: body.error }, 'model step ended');

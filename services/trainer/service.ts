@@ -2,9 +2,9 @@ import { describeError } from '../../shared/errors';
 import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventMap, type ModelDoneEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
-import { elapsedSince, failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
+import { failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
 import { awsDir, msgIdFor, consumerService, type Service, type ServiceDeps } from '../../shared/service';
-import type { HandlerContext, HandlerResult } from '../../shared/bus';
+import { elapsedMs, monotonicNow, type HandlerContext, type HandlerResult } from '../../shared/bus';
 
 /** On model.mismatch, runs the training container and ends the model run (and its transform run). */
 export function createTrainer(deps: ServiceDeps): Service {
@@ -14,7 +14,7 @@ export function createTrainer(deps: ServiceDeps): Service {
   async function handle(event: EventMap['model.mismatch'], ctx: HandlerContext): Promise<HandlerResult> {
     const { runId } = event;
     const log = logger.child({ stage: 'train', runId });
-    const started = performance.now();
+    const started = monotonicNow();
     const step = await records.open({ runId, step: 'train', subject: Subjects.modelMismatch, trigger: ctx.streamSequence, reason: event.reason });
     const finishDeps = { bus, runner, logger: log };
     if (!step.sameMessage) {
@@ -30,7 +30,7 @@ export function createTrainer(deps: ServiceDeps): Service {
       finishStep(
         finishDeps,
         step,
-        [stepEvent(Subjects.modelDone, { runId, durationMs: elapsedSince(started), ...body }, msgIdFor(runId, Subjects.modelDone))],
+        [stepEvent(Subjects.modelDone, { runId, durationMs: elapsedMs(started), ...body }, msgIdFor(runId, Subjects.modelDone))],
         () => Promise.all([runLease?.release(), modelLease?.release()]),
       ).then((r) => {
         log.info({ outcome: body.outcome, error: body.error }, 'training ended');

@@ -2,9 +2,9 @@ import { describeError } from '../../shared/errors';
 import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventBody, type TriggerEvent } from '../../shared/events';
 import { CONSUMERS } from '../../shared/nats';
-import { elapsedSince, failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
+import { failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
 import { generatedRunId, msgIdFor, hostDirs, consumerService, type Service, type ServiceDeps } from '../../shared/service';
-import type { HandlerContext, HandlerResult } from '../../shared/bus';
+import { elapsedMs, monotonicNow, type HandlerContext, type HandlerResult } from '../../shared/bus';
 
 /**
  * Runs the transform container on each transform.trigger. The transform lock it takes spans the
@@ -17,13 +17,13 @@ export function createTransformer(deps: ServiceDeps): Service {
   async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
     const runId = event.runId ?? generatedRunId('t', ctx);
     const log = logger.child({ stage: 'transform', runId });
-    const started = performance.now();
+    const started = monotonicNow();
     const step = await records.open({ runId, step: 'transform', subject: Subjects.transformTrigger, trigger: ctx.streamSequence, ...(event.reason !== undefined ? { reason: event.reason } : {}) });
     const finish = { bus, runner, logger: log };
     const prior = await priorEnding(finish, step, 'a new transform run');
     if (prior !== undefined) return prior;
     const done = (body: Omit<EventBody<'transform.done'>, 'runId' | 'durationMs'>) =>
-      stepEvent(Subjects.transformDone, { runId, durationMs: elapsedSince(started), ...body }, msgIdFor(runId, Subjects.transformDone));
+      stepEvent(Subjects.transformDone, { runId, durationMs: elapsedMs(started), ...body }, msgIdFor(runId, Subjects.transformDone));
 
     // A redelivery of this trigger takes back its own run's lock; any other trigger needs it free.
     const lease = await locks.acquire('transform', runId, 'transform', { trigger: ctx.streamSequence });

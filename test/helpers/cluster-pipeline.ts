@@ -181,6 +181,16 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
     return all.filter((c) => runIds.includes(c.Labels[LABELS.runId] ?? '')).map((c) => ({ Id: c.Id, Names: c.Names, runId: c.Labels[LABELS.runId] ?? '' }));
   }
 
+  /** The runs' containers once their steps are done with them (removed just after each outcome is stored). */
+  async leftBehind(runIds: readonly string[], timeoutMs = 10_000): Promise<{ Id: string; Names: string[]; runId: string }[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const left = await this.containers(runIds);
+      if (left.length === 0 || Date.now() > deadline) return left;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   /** Output of every service process, for a failure's diagnosis. */
   serviceLogs(): string {
     return [...this.processes].map(([name, proc]) => `== ${name}\n${proc.output.slice(-40).join('\n')}`).join('\n');

@@ -134,6 +134,19 @@ export class Pipeline extends EventLog {
     return docker.listContainers({ all: true, filters: { label } });
   }
 
+  /**
+   * The run's containers once its step has finished with them: a service removes a container only after
+   * its outcome is stored, a moment after the event a test waits for. Waits up to `timeoutMs` for none.
+   */
+  async leftBehind(runId: string, timeoutMs = 10_000): Promise<Docker.ContainerInfo[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const left = await this.containers(runId);
+      if (left.length === 0 || Date.now() > deadline) return left;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   async close(): Promise<void> {
     await this.stopServices();
     for (const sub of this.subs) sub.unsubscribe();

@@ -60,6 +60,12 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   let health: HealthServer | undefined;
   const startedAt = new Date().toISOString();
   let instance = '';
+  if (config.lockTtlMs < 2 * config.ackWaitMs) {
+    logger.warn(
+      { lockTtlS: config.lockTtlMs / 1000, ackWaitS: config.ackWaitMs / 1000 },
+      'LOCK_TTL is under twice ACK_WAIT: after a crash a lease may expire before its event is redelivered, and the run is then recovered without its lock (the default is 3x)',
+    );
+  }
   try {
     // Only read unless it differs: then converged if this NATS user may manage topology, else a TopologyError.
     const changes = await verifyTopology(nc, wantedTopology(topologyOptions(config), names), config.nats.user !== undefined ? { user: config.nats.user } : {});

@@ -94,7 +94,9 @@ const schema = z.object({
   LOAD_MEMORY: memory,
   MODEL_TRIGGER_MEMORY: memory,
   TRAIN_MEMORY: memory,
-  LOCK_TTL: seconds(30),
+  // A lease must outlive the redelivery that follows a crash (at most one ack wait after the last heartbeat),
+  // with time to spare: its holder refreshed it at most TTL/3 before the crash. 3 × ACK_WAIT leaves TTL/3.
+  LOCK_TTL: seconds(90),
   ACK_WAIT: seconds(30),
   HEALTH_PORT: z.coerce.number({ message: 'must be a port number' }).int().min(0).max(65535).default(8080),
   HEALTH_HOST: z.string().default('0.0.0.0'),

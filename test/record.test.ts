@@ -32,8 +32,17 @@ t.test('the run record holds each step: its trigger, containers (started, exited
   const runId = uid();
   await p.publish('transform.trigger', { runId, reason: 'record' });
   await p.waitForRunEnd(runId, 30_000);
+  t.same(await p.leftBehind(runId), []);
   const kv = await new Kvm(p.client).open('runs');
-  const read = async (step: string) => (await kv.get(`${runId}.${step}`))?.json<Record<string, unknown>>();
+  // A step is closed a moment after its event: its containers are removed once the event is stored.
+  const read = async (step: string) => {
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const record = (await kv.get(`${runId}.${step}`))?.json<Record<string, unknown>>();
+      if (record?.closed === true || Date.now() > deadline) return record;
+      await sleep(50);
+    }
+  };
   const transform = await read('transform');
   t.match(transform, { runId, step: 'transform', subject: 'transform.trigger', reason: 'record', published: 2, closed: true });
   t.match(transform?.containers, { transform: { state: 'removed', exitCode: 0, phraseFound: true } });

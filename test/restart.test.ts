@@ -19,7 +19,7 @@ t.test('a service restarted mid-run adopts its running container and finishes th
 });
 
 t.test('a service restarted after its container ended reads the outcome from the exited container', async (t) => {
-  const p = await Pipeline.start({ envFiles: { train: { SLEEP: '1', EXIT_CODE: '4' } }, services: ['model-gate', 'trainer'] });
+  const p = await Pipeline.start({ envFiles: { train: { SLEEP: '4', EXIT_CODE: '4' } }, services: ['model-gate', 'trainer'] });
   t.teardown(() => p.close());
   const runId = uid('m');
   await p.publish('model.trigger', { runId });

@@ -210,8 +210,8 @@ t.test('`brain setup` exits 2 on a configuration error and on a setting the serv
   for await (const name of (await jetstreamManager(nc)).streams.names()) streams.push(name);
   t.same(streams, [], 'nothing was created');
   const ok = await brain(['setup'], { NATS_URL: nats.url }, { cwd: dirs.root });
-  t.equal(ok.code, 0, 'without auth and with the defaults, setup creates it all', { stderr: ok.stderr });
-  const states = await inspectTopology(nc, wantedTopology({ lockTtlMs: 30_000, ackWaitMs: 30_000 }));
+  t.equal(ok.code, 0, 'without auth and with the defaults (LOCK_TTL 90 s, ACK_WAIT 30 s), setup creates it all', { stderr: ok.stderr });
+  const states = await inspectTopology(nc, wantedTopology({ lockTtlMs: 90_000, ackWaitMs: 30_000 }));
   t.same(states.filter((s) => s.missing || s.differences.length > 0), [], 'every part is there as declared');
 });
 

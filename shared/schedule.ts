@@ -1,0 +1,71 @@
+import type { NatsConnection } from '@nats-io/transport-node';
+import { JetStreamApiCodes, JetStreamApiError, StorageType, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import { z } from 'zod';
+
+/**
+ * The schedule's durable state: KV bucket `schedule`, key `paused`. No max age (a pause lasts until someone
+ * resumes), a short history (who paused and resumed, last first). Every scheduler replica reads it at each tick,
+ * so a pause is obeyed by all of them and survives restarts of every service.
+ */
+export const SCHEDULE_BUCKET = 'schedule';
+export const PAUSE_KEY = 'paused';
+export const SCHEDULE_HISTORY = 16;
+
+export const PauseState = z.strictObject({
+  paused: z.boolean(),
+  /** The NATS user that changed it (never a password). */
+  by: z.string().max(64).optional(),
+  at: z.iso.datetime({ offset: true }),
+});
+export type PauseState = z.infer<typeof PauseState>;
+
+export interface ScheduleControl {
+  /** The current state; `{paused: false}` when nobody ever paused. An unreadable value counts as paused (fail safe). */
+  read(): Promise<PauseState & { revision: number }>;
+  set(paused: boolean, by?: string): Promise<PauseState>;
+}
+
+const encoder = new TextEncoder();
+
+export function scheduleControl(kv: KV): ScheduleControl {
+  return {
+    async read() {
+      const entry = await kv.get(PAUSE_KEY);
+      if (entry === null || entry.operation !== 'PUT') return { paused: false, at: new Date(0).toISOString(), revision: 0 };
+      let json: unknown;
+      try {
+        json = JSON.parse(entry.string());
+      } catch {
+        json = undefined;
+      }
+      const parsed = PauseState.safeParse(json);
+      if (!parsed.success) return { paused: true, at: entry.created.toISOString(), revision: entry.revision };
+      return { ...parsed.data, revision: entry.revision };
+    },
+    async set(paused, by) {
+      const state: PauseState = { paused, at: new Date().toISOString(), ...(by !== undefined ? { by } : {}) };
+      await kv.put(PAUSE_KEY, encoder.encode(JSON.stringify(state)));
+      return state;
+    },
+  };
+}
+
+/** The schedule bucket, or null when it does not exist yet (`brain setup` creates it). Nothing is created. */
+export async function openSchedule(nc: NatsConnection): Promise<ScheduleControl | null> {
+  const jsm = await jetstreamManager(nc);
+  let direct: boolean;
+  try {
+    direct = (await jsm.streams.info(`KV_${SCHEDULE_BUCKET}`)).config.allow_direct === true;
+  } catch (err) {
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return null;
+    throw err;
+  }
+  return scheduleControl(await new Kvm(nc).open(SCHEDULE_BUCKET, { allow_direct: direct }));
+}
+
+/** Creates the schedule bucket when it is missing (an admin's or a test's connection). */
+export async function ensureScheduleBucket(nc: NatsConnection, replicas = 1): Promise<ScheduleControl> {
+  const kv = await new Kvm(nc).create(SCHEDULE_BUCKET, { history: SCHEDULE_HISTORY, replicas, storage: StorageType.File });
+  return scheduleControl(kv);
+}

@@ -1,6 +1,7 @@
 import { Cron } from 'croner';
 import { describeError } from '../../shared/errors';
 import { Subjects } from '../../shared/events';
+import type { ScheduleControl } from '../../shared/schedule';
 import type { Service, ServiceDeps } from '../../shared/service';
 
 /** Run id of a scheduled run: the planned tick's UTC time to the second, so every scheduler replica derives the same one. */
@@ -24,7 +25,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * replica whose timer fired late across a second boundary named a second run). The message id is the run id,
  * so replicas firing the same tick make one run.
  */
-export function createScheduler(deps: Pick<ServiceDeps, 'config' | 'bus' | 'logger'>): Service {
+export function createScheduler(deps: Pick<ServiceDeps, 'config' | 'bus' | 'logger'> & { schedule?: Pick<ScheduleControl, 'read'> | null }): Service {
   const { config, bus, logger } = deps;
   /** No callback: croner computes the ticks, our own timer fires them. */
   const pattern = new Cron(config.transformSchedule, { timezone: 'UTC' });
@@ -34,6 +35,19 @@ export function createScheduler(deps: Pick<ServiceDeps, 'config' | 'bus' | 'logg
 
   async function publish(tick: Date, lateMs: number, nextRun: Date | null): Promise<void> {
     const runId = scheduledRunId(tick);
+    // The durable pause (KV bucket schedule), read at each tick by every replica. When it cannot be read, the tick
+    // is skipped: a pause is never overridden by a NATS fault.
+    if (deps.schedule != null) {
+      try {
+        if ((await deps.schedule.read()).paused) {
+          logger.info({ runId, nextRun: nextRun?.toISOString() }, 'scheduled tick skipped: the schedule is paused');
+          return;
+        }
+      } catch (err) {
+        logger.error({ runId, err: describeError(err) }, 'scheduled tick skipped: cannot read whether the schedule is paused');
+        return;
+      }
+    }
     try {
       await bus.publish(Subjects.transformTrigger, { runId, reason: 'schedule' }, { msgId: runId });
       logger.info({ runId, tick: tick.toISOString(), lateMs, nextRun: nextRun?.toISOString() }, 'scheduled transform triggered');

@@ -6,8 +6,10 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import pino from 'pino';
 import { createEventBus } from '../shared/bus';
 import { createLocks } from '../shared/lock';
-import { CONSUMERS, ensureTopology, openLocks } from '../shared/nats';
-import { startNatsServer } from '../test/helpers/nats-server';
+import { openLocks } from '../shared/nats';
+import { CONSUMERS } from '../services/index';
+import { ensureTopology } from '../services/composition-root';
+import { startNatsServer } from '../kit/nats-server';
 import { newRunId } from './stack';
 
 const silent = pino({ level: 'silent' });

@@ -5,8 +5,10 @@
 import Docker from 'dockerode';
 import { LABELS, containerName } from '../shared/docker';
 import type { Stage } from '../shared/events';
-import { TEST_IMAGES } from '../test/fixtures/build-images';
-import { NO_OP_CHAIN, PHRASES, newRunId, type EnvFileKey, type Observed, type Stack } from './stack';
+import type { ClusterPipeline } from '../kit/cluster-pipeline';
+import type { RecordedEvent } from '../kit/event-log';
+import { TEST_IMAGES } from '../kit/stand-ins';
+import { NO_OP_CHAIN, PHRASES, newRunId, setEnvFiles, trigger, type EnvFileKey } from './stack';
 import { BASELINE_LABEL, RUN_PREFIX, recordDockerEvents, timeShell, type DockerEvent } from './util';
 
 const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
@@ -35,8 +37,8 @@ interface StageRun {
 }
 
 /** The chain's stages as the services run them: image, env file and bind mounts. */
-function chainStages(stack: Stack): Record<'transform' | 'loadProcessed' | 'loadViz' | 'gate' | 'train', StageRun> {
-  const { aws, processed, viz } = stack.dirs;
+function chainStages(p: ClusterPipeline): Record<'transform' | 'loadProcessed' | 'loadViz' | 'gate' | 'train', StageRun> {
+  const { aws, processed, viz } = p.dirs;
   return {
     transform: { stage: 'transform', envFile: 'transform', image: TEST_IMAGES.transform, mounts: [[aws, '/app/.aws'], [processed, '/app/processed'], [viz, '/app/viz']] },
     loadProcessed: { stage: 'load-processed', envFile: 'loadProcessed', image: TEST_IMAGES.load, mounts: [[processed, '/app/collect_point'], [aws, '/root/.aws']] },
@@ -46,8 +48,8 @@ function chainStages(stack: Stack): Record<'transform' | 'loadProcessed' | 'load
   };
 }
 
-export function baselineChainScript(stack: Stack, runId: string): string {
-  const s = chainStages(stack);
+export function baselineChainScript(p: ClusterPipeline, runId: string): string {
+  const s = chainStages(p);
   const run = (r: StageRun) => dockerRun(r.stage, r.envFile, r.image, runId, r.mounts);
   return [
     'set -o pipefail',
@@ -93,8 +95,8 @@ async function apiStage(r: StageRun, runId: string): Promise<string> {
 }
 
 /** The chain through the Docker API alone (no NATS, no locks, no CLI): the floor the services stand on. */
-async function apiChain(stack: Stack, runId: string): Promise<number> {
-  const s = chainStages(stack);
+async function apiChain(p: ClusterPipeline, runId: string): Promise<number> {
+  const s = chainStages(p);
   const t0 = performance.now();
   if (!(await apiStage(s.transform, runId)).includes(PHRASES.newData)) throw new Error('API chain: no new data');
   await Promise.all([apiStage(s.loadProcessed, runId), apiStage(s.loadViz, runId)]);
@@ -171,7 +173,7 @@ export interface HandOffParts {
   handOffToCreate: number[];
 }
 
-function handOffParts(events: readonly DockerEvent[], observed: readonly Observed[], runIds: readonly string[]): HandOffParts {
+function handOffParts(events: readonly DockerEvent[], observed: readonly RecordedEvent[], runIds: readonly string[]): HandOffParts {
   const parts: HandOffParts = { destroyToHandOff: [], handOffToCreate: [] };
   for (const runId of runIds) {
     for (const { subject, from, to } of HAND_OFFS) {
@@ -195,23 +197,22 @@ export interface ChainResult {
 }
 
 /** Runs the chain through the services, the shell script and the bare Docker API in turn, `reps` times each, after one warm-up of each. */
-export async function benchChain(stack: Stack, reps: number): Promise<ChainResult> {
-  stack.writeEnvFiles(NO_OP_CHAIN);
+export async function benchChain(p: ClusterPipeline, reps: number): Promise<ChainResult> {
+  setEnvFiles(p, NO_OP_CHAIN);
   const times = { service: [] as number[], shell: [] as number[], api: [] as number[] };
   const recorder = await recordDockerEvents();
-  const handOffs = stack.record(HAND_OFF_SUBJECTS);
   const runs = { service: [] as string[], shell: [] as string[], api: [] as string[] };
   try {
     for (let i = 0; i <= reps; i++) {
       const runId = newRunId();
-      const done = stack.waitFor((e) => e.subject === 'model.done' && e.data.runId === runId, 60_000, `model.done of ${runId}`);
-      const t0 = await stack.trigger(runId);
+      const done = p.waitFor((e) => e.subject === 'model.done' && e.data.runId === runId, 60_000, `model.done of ${runId}`);
+      const t0 = await trigger(p, runId);
       const end = await done;
       if (end.data.outcome !== 'trained') throw new Error(`chain ${runId} ended ${end.data.outcome}`);
       const shellRun = newRunId();
-      const shellMs = await timeShell(baselineChainScript(stack, shellRun));
+      const shellMs = await timeShell(baselineChainScript(p, shellRun));
       const apiRun = newRunId();
-      const apiMs = await apiChain(stack, apiRun);
+      const apiMs = await apiChain(p, apiRun);
       if (i === 0) continue; // warm-up
       times.service.push(end.at - t0);
       times.shell.push(shellMs);
@@ -221,7 +222,6 @@ export async function benchChain(stack: Stack, reps: number): Promise<ChainResul
       runs.api.push(apiRun);
     }
   } finally {
-    handOffs.stop();
     await recorder.stop();
   }
   const ours = recorder.events.filter((e) => e.runId.startsWith(RUN_PREFIX));
@@ -229,7 +229,7 @@ export async function benchChain(stack: Stack, reps: number): Promise<ChainResul
     serviceMs: times.service,
     shellMs: times.shell,
     apiMs: times.api,
-    serviceHops: { ...hopParts(ours, runs.service), ...handOffParts(ours, handOffs.events, runs.service) },
+    serviceHops: { ...hopParts(ours, runs.service), ...handOffParts(ours, p.events, runs.service) },
     shellHops: hopParts(ours, runs.shell),
     apiHops: hopParts(ours, runs.api),
   };

@@ -4,7 +4,7 @@
  */
 import Docker from 'dockerode';
 import { LABELS } from '../shared/docker';
-import { TEST_IMAGES } from '../test/fixtures/build-images';
+import { TEST_IMAGES } from '../kit/stand-ins';
 import { BASELINE_LABEL, RUN_PREFIX, sleep } from './util';
 
 const docker = new Docker();

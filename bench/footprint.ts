@@ -1,14 +1,14 @@
 /** Section 5: idle memory of each service process, and of the whole compose stack. */
 import { rmSync } from 'node:fs';
-import { buildComposeImages, localComposeProject } from '../test/helpers/compose';
-import { makeRunDirs } from '../test/helpers/run-dirs';
-import type { Stack } from './stack';
+import type { ClusterPipeline } from '../kit/cluster-pipeline';
+import { buildComposeImages, localComposeProject } from '../kit/compose';
+import { makeRunDirs } from '../kit/run-dirs';
 import { exec, pssKb, sampleProc } from './util';
 
 /** Idle VmRSS and PSS (kB) of each service child process. */
-export function serviceMemory(stack: Stack): Record<string, { rssKb: number; pssKb: number }> {
+export function serviceMemory(p: ClusterPipeline): Record<string, { rssKb: number; pssKb: number }> {
   const out: Record<string, { rssKb: number; pssKb: number }> = {};
-  for (const [name, child] of stack.children) out[name] = { rssKb: sampleProc(child.pid).rssKb, pssKb: pssKb(child.pid) };
+  for (const [key, child] of p.processes) out[key.split('#')[0] ?? key] = { rssKb: sampleProc(child.pid).rssKb, pssKb: pssKb(child.pid) };
   return out;
 }
 

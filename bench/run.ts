@@ -6,15 +6,15 @@
  *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=5  BENCH_COMPOSE=1
  *   BENCH_SECTIONS=chain,floor,logs,memory,bus,footprint,load,compose  BENCH_CPU_PROF=<dir> (profiles the services)
  */
-import { buildTestImages } from '../test/fixtures/build-images';
-import { SERVICE_NAMES } from '../shared/config';
+import { buildTestImages } from '../kit/stand-ins';
+import { SERVICE_NAMES } from '../services/index';
 import { benchBus } from './bus';
 import { benchChain, type HopParts } from './chain';
 import { FLOOR_NETWORKS, benchFloor } from './floor';
 import { composeFootprint, serviceMemory } from './footprint';
 import { benchLoad } from './load';
 import { benchLogMemory, benchLogScan } from './logscan';
-import { Stack } from './stack';
+import { startStack } from './stack';
 import { envInt, median, percentile, removeBenchContainers } from './util';
 
 const MB = 1024 * 1024;
@@ -61,13 +61,13 @@ function printTable(): void {
 }
 
 async function pipelineSections(): Promise<void> {
-  const stack = await Stack.start();
+  const stack = await startStack(cfg.cpuProf !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${cfg.cpuProf}`] : []);
+  const p = stack.pipeline;
   try {
-    await stack.startServices(SERVICE_NAMES, cfg.cpuProf !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${cfg.cpuProf}`] : []);
     if (cfg.sections.has('footprint')) {
       log('5. footprint: idle services');
       await new Promise((r) => setTimeout(r, 3000));
-      const mem = serviceMemory(stack);
+      const mem = serviceMemory(p);
       for (const name of SERVICE_NAMES) row(`5. idle RSS ${name}`, mb(mem[name]?.rssKb ?? 0), `PSS ${mb(mem[name]?.pssKb ?? 0)}`, undefined, '');
       const rss = Object.values(mem).reduce((a, b) => a + b.rssKb, 0);
       const pss = Object.values(mem).reduce((a, b) => a + b.pssKb, 0);
@@ -75,7 +75,7 @@ async function pipelineSections(): Promise<void> {
     }
     if (cfg.sections.has('chain')) {
       log(`1-2. chain: ${cfg.reps} runs each through the services, a shell script and the bare Docker API, in turn`);
-      const r = await benchChain(stack, cfg.reps);
+      const r = await benchChain(p, cfg.reps);
       const [ours, shell, api] = [median(r.serviceMs), median(r.shellMs), median(r.apiMs)];
       row('1. chain trigger→model.done, median', ms(ours), `shell ${ms(shell)}`, ours / shell, '≤ 1.10x (aim 1.05x)', ours / shell <= 1.1);
       row('1. chain trigger→model.done, median', ms(ours), `Docker API alone ${ms(api)}`, ours / api, '');
@@ -118,7 +118,7 @@ async function pipelineSections(): Promise<void> {
     }
     if (cfg.sections.has('logs')) {
       log(`3. log scan: ${cfg.logBytes / MB} MB, ${cfg.reps} runs each`);
-      const r = await benchLogScan(stack, cfg.logBytes, cfg.reps);
+      const r = await benchLogScan(p, cfg.logBytes, cfg.reps);
       const [ours, base] = [median(r.serviceMs), median(r.baselineMs)];
       row(`3. scan ${cfg.logBytes / MB} MB log vs docker logs -f → grep, median`, ms(ours), ms(base), ours / base, '≤ 1.05x', ours / base <= 1.05);
       const attach = median(r.attachMs);
@@ -127,13 +127,13 @@ async function pipelineSections(): Promise<void> {
     }
     if (cfg.sections.has('memory')) {
       log(`3. log memory: ${cfg.memBytes / MB} MB`);
-      const r = await benchLogMemory(stack, cfg.memBytes);
+      const r = await benchLogMemory(p, cfg.memBytes);
       const growth = r.peakRssKb - r.idleRssKb;
       row(`3. transformer peak−idle RSS, ${cfg.memBytes / MB} MB log`, mb(growth), `idle ${mb(r.idleRssKb)}`, undefined, '≤ 64 MB', growth <= 64 * 1024);
     }
     if (cfg.sections.has('load')) {
       log(`6. load: ${cfg.loadBatches} batches of ${cfg.triggers} triggers`);
-      const r = await benchLoad(stack, cfg.triggers, cfg.loadBatches);
+      const r = await benchLoad(p, cfg.triggers, cfg.loadBatches);
       row(`6. ${cfg.triggers} triggers, transform.done/s (median of batches)`, `${median(r.throughput).toFixed(0)}/s`, '', undefined, '');
       row('6. outcomes (all batches)', Object.entries(r.outcomes).map(([k, v]) => `${k} ${v}`).join(', '), '', undefined, '');
       log(`   after each batch: RSS ${r.samples.map((s) => mb(s.rssKb)).join(', ')}; heap ${r.samples.map((s) => mb(s.heapUsedBytes / 1024)).join(', ')}; fds ${r.samples.map((s) => s.fds).join(', ')}`);

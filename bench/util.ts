@@ -1,9 +1,7 @@
-/** Helpers shared by the benchmark sections: statistics, /proc sampling, child services, shell commands. */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+/** Helpers shared by the benchmark sections: statistics, /proc sampling, shell commands, Docker events. */
+import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import type { ServiceName } from '../shared/config';
+import { resolve } from 'node:path';
 import { LABELS } from '../shared/docker';
 
 export const REPO_ROOT = resolve(__dirname, '../..');
@@ -87,68 +85,6 @@ export async function timeShell(script: string): Promise<number> {
   const t0 = performance.now();
   await exec('bash', ['-c', script]);
   return performance.now() - t0;
-}
-
-/** A free loopback port, for a child's `/metrics`. */
-function freePort(): Promise<number> {
-  return new Promise((resolvePromise, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolvePromise(port));
-    });
-  });
-}
-
-/** A service running as `node bin/brain.js service <name>`, like it is deployed. */
-export interface ChildService {
-  readonly name: ServiceName;
-  readonly pid: number;
-  /** Port of its `/healthz` and `/metrics` on 127.0.0.1. */
-  readonly healthPort: number;
-  /** Runs a full garbage collection in it (see gc-on-signal.ts). */
-  collectGarbage(): Promise<void>;
-  stop(): Promise<void>;
-}
-
-export async function startChildService(name: ServiceName, env: Record<string, string>, nodeArgs: readonly string[] = []): Promise<ChildService> {
-  const healthPort = await freePort();
-  const gcOnSignal = join(REPO_ROOT, 'dist', 'bench', 'gc-on-signal.js');
-  const child: ChildProcess = spawn(process.execPath, ['--expose-gc', '-r', gcOnSignal, ...nodeArgs, join(REPO_ROOT, 'bin', 'brain.js'), 'service', name], {
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env, HEALTH_PORT: String(healthPort), HEALTH_HOST: '127.0.0.1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let tail = '';
-  const keep = (c: Buffer) => (tail = (tail + c.toString()).slice(-4000));
-  child.stderr?.on('data', keep);
-  await new Promise<void>((resolvePromise, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${tail}`)), 20_000);
-    child.once('exit', (code) => reject(new Error(`${name} exited with ${code}:\n${tail}`)));
-    child.stdout?.on('data', (c: Buffer) => {
-      keep(c);
-      if (tail.includes('services started')) {
-        clearTimeout(timer);
-        resolvePromise();
-      }
-    });
-  });
-  child.removeAllListeners('exit');
-  return {
-    name,
-    pid: child.pid as number,
-    healthPort,
-    async collectGarbage() {
-      child.kill('SIGUSR2');
-      await sleep(500);
-    },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise<void>((r) => child.once('exit', () => r()));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
 }
 
 export interface DockerEvent {

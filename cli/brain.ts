@@ -1,53 +1,58 @@
-import { Command, InvalidArgumentError } from 'commander';
-import { SERVICE_NAMES, environmentWithDotenv, loadConfig, type ServiceName } from '../shared/config';
-import { ConfigError, describeError } from '../shared/errors';
-import { TopologyError } from '../shared/nats';
-import { runServices } from './run';
-import { logsCommand } from './commands/logs';
-import { runsCommand } from './commands/runs';
-import { statusCommand } from './commands/status';
-import { setupCommand } from './commands/setup';
-import { triggerCommand } from './commands/trigger';
-import { watchCommand } from './commands/watch';
+/**
+ * The `brain` command line: every command's name, arguments, options and help, and nothing else. A command's
+ * behaviour lives in cli/commands/<name>.ts and is loaded only when that command runs, so `brain --help` loads
+ * commander alone and `brain runs` only what reading the history needs (no Docker client, no services).
+ */
+import { Argument, Command, InvalidArgumentError, Option } from 'commander';
+
+/**
+ * A module required when first used. Not `await import()`: in a CommonJS build TypeScript keeps `import()` as the
+ * native ESM import, which goes through the ESM loader (slower, and it needs file extensions).
+ */
+function lazy<T>(id: string): () => T {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loading on first use is the point
+  return () => require(id) as T;
+}
+
+/** The service list and shared/events load zod: only a parser, a command's help or an error needs them here. */
+const services = lazy<typeof import('../services/index')>('../services/index');
+const events = lazy<typeof import('../shared/events')>('../shared/events');
+const errors = lazy<typeof import('../shared/errors')>('../shared/errors');
+const commands = {
+  serve: lazy<typeof import('./commands/serve')>('./commands/serve'),
+  setup: lazy<typeof import('./commands/setup')>('./commands/setup'),
+  trigger: lazy<typeof import('./commands/trigger')>('./commands/trigger'),
+  watch: lazy<typeof import('./commands/watch')>('./commands/watch'),
+  runs: lazy<typeof import('./commands/runs')>('./commands/runs'),
+  logs: lazy<typeof import('./commands/logs')>('./commands/logs'),
+  status: lazy<typeof import('./commands/status')>('./commands/status'),
+};
+
+type ServiceName = import('../services/index').ServiceName;
 
 function serviceName(value: string): ServiceName {
+  const { SERVICE_NAMES } = services();
   if (!(SERVICE_NAMES as readonly string[]).includes(value)) {
     throw new InvalidArgumentError(`must be one of ${SERVICE_NAMES.join(', ')}`);
   }
   return value as ServiceName;
 }
 
-/**
- * Runs services until SIGTERM or SIGINT, then shuts down cleanly. Exit 2 on bad configuration, or when the NATS
- * topology differs from it and this NATS user may not fix it (the message names the setting and says to run `brain setup`).
- */
-async function serve(names: readonly ServiceName[]): Promise<void> {
-  let config;
-  try {
-    config = loadConfig(environmentWithDotenv(process.env), names);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`brain: ${err.message}\n`);
-      process.exit(2);
-    }
-    throw err;
-  }
-  let running;
-  try {
-    running = await runServices(names, config);
-  } catch (err) {
-    if (err instanceof TopologyError) {
-      process.stderr.write(`brain: ${err.message}\n`);
-      process.exit(2);
-    }
-    throw err;
-  }
-  await new Promise<void>((resolve) => {
-    const onSignal = () => resolve();
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
-  });
-  await running.stop();
+function runIdArg(value: string): string {
+  if (!events().RUN_ID_PATTERN.test(value)) throw new InvalidArgumentError('must be 1-64 characters of A-Z a-z 0-9 _ -');
+  return value;
+}
+
+function seconds(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('must be a positive number of seconds');
+  return n;
+}
+
+function count(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 1000) throw new InvalidArgumentError('must be a whole number from 1 to 1000');
+  return n;
 }
 
 export function buildProgram(): Command {
@@ -55,13 +60,49 @@ export function buildProgram(): Command {
   program
     .command('service')
     .description('run one service')
-    .argument('<name>', `one of ${SERVICE_NAMES.join(', ')}`, serviceName)
-    .action((name: ServiceName) => serve([name]));
+    .addArgument(new Argument('<name>', 'one of the service names').argParser(serviceName))
+    // The list of names is shown in `brain service --help` only; it is read then.
+    .configureHelp({ argumentDescription: () => `one of ${services().SERVICE_NAMES.join(', ')}` })
+    .action((name: ServiceName) => commands.serve().serve([name]));
   program
     .command('up')
     .description('run all five services in one process')
-    .action(() => serve(SERVICE_NAMES));
-  for (const command of [setupCommand(), triggerCommand(), watchCommand(), runsCommand(), logsCommand(), statusCommand()]) program.addCommand(command);
+    .action(() => commands.serve().serveAll());
+  program
+    .command('setup')
+    .description('create or update the NATS streams, consumers and buckets to match the configuration (as the admin NATS user); exit 2 on a configuration problem')
+    .action(() => commands.setup().run());
+  program
+    .command('trigger')
+    .description('start a transform run (the whole chain) or a model run by hand')
+    .addArgument(new Argument('<what>', 'transform or model').choices(['transform', 'model']))
+    .option('--run-id <id>', 'run id (default: generated)', runIdArg)
+    .option('--reason <text>', 'why, shown by `brain runs` (default: hand)')
+    .option('--wait', 'follow the run to its end; exit 1 when it failed, 3 when it was busy')
+    .addOption(new Option('--timeout <s>', 'with --wait, give up after this many seconds (exit 4)').default(3600).argParser(seconds))
+    .action((what: 'transform' | 'model', opts: import('./commands/trigger').TriggerOptions) => commands.trigger().run(what, opts));
+  program
+    .command('watch')
+    .description('print pipeline events as they happen, until Ctrl-C')
+    .option('--json', 'one JSON object per event: {"subject", "event"} (or {"subject", "invalid", "preview"})')
+    .action((opts: { json?: boolean }) => commands.watch().run(opts));
+  program
+    .command('runs')
+    .description('recent runs from the event history in JetStream, oldest first')
+    .addOption(new Option('--limit <n>', 'how many runs').default(10).argParser(count))
+    .option('--json', 'a JSON array of runs')
+    .action((opts: { limit: number; json?: boolean }) => commands.runs().run(opts));
+  program
+    .command('logs')
+    .description("print a run's container log lines (kept in the BRAIN_LOGS stream within a size bound)")
+    .argument('<runId>', 'the run id')
+    .option('-f, --follow', 'keep printing new lines until the run ends (or Ctrl-C)')
+    .action((runId: string, opts: { follow?: boolean }) => commands.logs().run(runId, opts));
+  program
+    .command('status')
+    .description('which services are up, which locks are held, and the last run of each stage')
+    .option('--json', 'one JSON object')
+    .action((opts: { json?: boolean }) => commands.status().run(opts));
   return program;
 }
 
@@ -69,7 +110,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (err) {
-    process.stderr.write(`brain: ${describeError(err)}\n`);
+    process.stderr.write(`brain: ${errors().describeError(err)}\n`);
     process.exitCode = 1;
   }
 }

@@ -1,5 +1,5 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { environmentWithDotenv, loadConfig, type Config } from '../shared/config';
+import { environmentWithDotenv, parseConfig, type Config } from '../shared/config';
 import { ConfigError, describeError } from '../shared/errors';
 
 /** A failure the CLI reports as one line on stderr, with its own exit code. */
@@ -17,14 +17,14 @@ export class CliError extends Error {
 export const EXIT = { config: 2, busy: 3, timeout: 4 } as const;
 
 /**
- * The CLI needs only the NATS settings. They are checked by the services' own rules (`loadConfig`),
- * fed nothing else, so a service-only setting can never make a CLI command fail.
+ * The CLI needs only the NATS settings. They are checked by the services' own rules (`parseConfig`, needing
+ * no service's settings), fed nothing else, so a service-only setting can never make a CLI command fail.
  * @throws CliError (exit 2) naming each problem on one line.
  */
 export function loadClientConfig(env: NodeJS.ProcessEnv): Config['nats'] {
   const merged = environmentWithDotenv(env);
   try {
-    return loadConfig({ NATS_URL: merged.NATS_URL, NATS_USER: merged.NATS_USER, NATS_PASS: merged.NATS_PASS }, []).nats;
+    return parseConfig({ NATS_URL: merged.NATS_URL, NATS_USER: merged.NATS_USER, NATS_PASS: merged.NATS_PASS }, []).nats;
   } catch (err) {
     if (err instanceof ConfigError) throw new CliError(`invalid configuration: ${err.problems.join('; ')}`, EXIT.config);
     throw err;

@@ -3,9 +3,9 @@
  * its own exit and read with the secrets it was started with, whatever happened meanwhile.
  */
 import t from 'tap';
-import { Pipeline, uid, waitForContainer } from './helpers/pipeline';
-import { spawnService, type ServiceProcess } from './helpers/service-process';
-import { writeEnvFiles } from './helpers/run-dirs';
+import { Pipeline, uid, waitForContainer } from '../kit/pipeline';
+import { spawnService, type ServiceProcess } from '../kit/service-process';
+import { writeEnvFiles } from '../kit/run-dirs';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Teardown = { teardown(fn: () => unknown): void };

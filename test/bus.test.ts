@@ -8,9 +8,9 @@ import { MAX_ERROR_CHARS, MAX_REASON_CHARS, type EventBody } from '../shared/eve
 import { ErrorCode } from '../shared/errors';
 import { createLogger } from '../shared/logger';
 import { CONSUMERS, EVENTS_STREAM, ensureTopology } from '../shared/nats';
-import { startNatsServer, type NatsServer } from './helpers/nats-server';
+import { startNatsServer, type NatsServer } from '../kit/nats-server';
 import { startNatsProxy, type NatsProxy, type ProxiedPublish } from './helpers/nats-proxy';
-import { Pipeline, uid } from './helpers/pipeline';
+import { Pipeline, uid } from '../kit/pipeline';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Pipeline, uid, waitForContainer } from './helpers/pipeline';
+import { Pipeline, uid, waitForContainer } from '../kit/pipeline';
 
 t.test('full chain with new data: files land, model trained, each event once and in order', async (t) => {
   const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '1', API_TOKEN: 'sekret-token-4711' } } });

@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ENV_FILES } from '../shared/envfile';
 import { RUN_ID_PATTERN } from '../shared/events';
-import { Pipeline } from './helpers/pipeline';
+import { Pipeline } from '../kit/pipeline';
 
 const BRAIN = resolve(__dirname, '../../bin/brain.js');
 

@@ -6,8 +6,8 @@ import pino from 'pino';
 import { createLocks } from '../shared/lock';
 import { LOCKS_BUCKET, openLocks } from '../shared/nats';
 import { startNatsCluster } from './helpers/nats-cluster';
-import { ClusterPipeline } from './helpers/cluster-pipeline';
-import { waitForContainer } from './helpers/pipeline';
+import { ClusterPipeline } from '../kit/cluster-pipeline';
+import { waitForContainer } from '../kit/pipeline';
 
 // One three-node cluster (streams and the locks bucket replicated three times) and two replicas of every
 // service, each replica listing the nodes in a different order; the tests below run one after another on it.

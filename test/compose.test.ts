@@ -12,9 +12,9 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { ENV_FILES } from '../shared/envfile';
 import { EVENTS_STREAM, isPermissionDenied } from '../shared/nats';
 import { SERVICE_NAMES } from '../shared/config';
-import { REPO_ROOT, buildComposeImages, localComposeProject, natsUserName, type ComposeNatsUser } from './helpers/compose';
-import { uid } from './helpers/pipeline';
-import { makeRunDirs } from './helpers/run-dirs';
+import { REPO_ROOT, buildComposeImages, localComposeProject, natsUserName, type ComposeNatsUser } from '../kit/compose';
+import { uid } from '../kit/pipeline';
+import { makeRunDirs } from '../kit/run-dirs';
 
 const DOCKER_SERVICES = ['transformer', 'loader', 'model-gate', 'trainer'];
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ConfigError } from '../shared/errors';
 import { loadConfig } from '../shared/config';
 import { inboxPrefixFor } from '../shared/nats';
-import { startNatsServer } from './helpers/nats-server';
+import { startNatsServer } from '../kit/nats-server';
 
 const BRAIN = join(__dirname, '..', '..', 'bin', 'brain.js');
 

@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { LABELS, deploymentToken } from '../shared/docker';
-import { Pipeline, docker, uid } from './helpers/pipeline';
+import { Pipeline, docker, uid } from '../kit/pipeline';
 
 interface ContainerEvent {
   action: string;

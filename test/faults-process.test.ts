@@ -1,6 +1,6 @@
 import t from 'tap';
-import { Pipeline, docker, uid, waitForContainer } from './helpers/pipeline';
-import { spawnService } from './helpers/service-process';
+import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
+import { spawnService } from '../kit/service-process';
 
 const others = ['loader', 'model-gate', 'trainer'] as const;
 

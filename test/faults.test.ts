@@ -3,10 +3,10 @@ import Docker from 'dockerode';
 import { jetstream } from '@nats-io/jetstream';
 import { LABELS, containerName } from '../shared/docker';
 import { EVENTS_STREAM } from '../shared/nats';
-import { TEST_IMAGES } from './fixtures/build-images';
-import { Pipeline, docker, uid, waitForContainer } from './helpers/pipeline';
+import { TEST_IMAGES } from '../kit/stand-ins';
+import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
 import { startSocketProxy } from './helpers/socket-proxy';
-import { spawnService } from './helpers/service-process';
+import { spawnService } from '../kit/service-process';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -3,8 +3,8 @@ import { connect } from '@nats-io/transport-node';
 import pino from 'pino';
 import { createLocks } from '../shared/lock';
 import { openLocks } from '../shared/nats';
-import { startNatsServer } from './helpers/nats-server';
-import { Pipeline, uid, waitForContainer } from './helpers/pipeline';
+import { startNatsServer } from '../kit/nats-server';
+import { Pipeline, uid, waitForContainer } from '../kit/pipeline';
 
 const silent = pino({ level: 'silent' });
 /** Short enough to watch expire, long enough that a loaded CI machine still refreshes in time. */

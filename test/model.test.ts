@@ -1,6 +1,6 @@
 import t from 'tap';
 import { LABELS } from '../shared/docker';
-import { Pipeline, docker, uid, waitForContainer } from './helpers/pipeline';
+import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
 
 const modelServices = ['model-gate', 'trainer'] as const;
 

@@ -4,8 +4,8 @@ import type { Stage } from '../shared/events';
 import { createLocks } from '../shared/lock';
 import { createLogger } from '../shared/logger';
 import { openLocks } from '../shared/nats';
-import { TEST_IMAGES } from './fixtures/build-images';
-import { Pipeline, docker, uid } from './helpers/pipeline';
+import { TEST_IMAGES } from '../kit/stand-ins';
+import { Pipeline, docker, uid } from '../kit/pipeline';
 
 const ACK_WAIT_S = 1;
 const LOCK_TTL_S = 2;

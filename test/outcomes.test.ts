@@ -1,7 +1,7 @@
 import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Pipeline, uid, type PipelineOptions } from './helpers/pipeline';
+import { Pipeline, uid, type PipelineOptions } from '../kit/pipeline';
 
 /** Starts a pipeline, runs one transform run to its end and hands back the pipeline and run id. */
 async function runOnce(t: { teardown(fn: () => unknown): void }, opts: PipelineOptions, timeoutMs?: number) {

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { Kvm } from '@nats-io/kv';
-import { Pipeline, docker, uid, waitForContainer } from './helpers/pipeline';
-import { spawnService } from './helpers/service-process';
+import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
+import { spawnService } from '../kit/service-process';
 import { startNatsProxy } from './helpers/nats-proxy';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { Pipeline, uid } from './helpers/pipeline';
+import { Pipeline, uid } from '../kit/pipeline';
 
 t.test('malformed events end on rejected.<subject>, start nothing, and the services keep serving', async (t) => {
   const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '0' } } });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { Pipeline, uid, waitForContainer, docker } from './helpers/pipeline';
+import { Pipeline, uid, waitForContainer, docker } from '../kit/pipeline';
 
 t.test('a service restarted mid-run adopts its running container and finishes the run', async (t) => {
   const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '1', SLEEP: '3' } } });

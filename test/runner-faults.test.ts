@@ -10,9 +10,9 @@ import Docker from 'dockerode';
 import { LABELS, containerName, createContainerRunner, type StageSpec } from '../shared/docker';
 import { createLogger } from '../shared/logger';
 import { ErrorCode } from '../shared/errors';
-import { TEST_IMAGES } from './fixtures/build-images';
+import { TEST_IMAGES } from '../kit/stand-ins';
 import { removingAfterExit } from './helpers/runner';
-import { docker, uid } from './helpers/pipeline';
+import { docker, uid } from '../kit/pipeline';
 import { startSocketProxy, type SocketProxy } from './helpers/socket-proxy';
 
 const instance = `runner-faults-${uid()}`;

@@ -7,9 +7,9 @@ import { Writable } from 'node:stream';
 import { LABELS, containerName, createContainerRunner, type PullPolicy, type StageSpec } from '../shared/docker';
 import { createLogger } from '../shared/logger';
 import { ErrorCode, StageError } from '../shared/errors';
-import { TEST_IMAGES } from './fixtures/build-images';
+import { TEST_IMAGES } from '../kit/stand-ins';
 import { removingAfterExit } from './helpers/runner';
-import { docker, uid } from './helpers/pipeline';
+import { docker, uid } from '../kit/pipeline';
 
 const instance = `runner-test-${uid()}`;
 

@@ -2,10 +2,10 @@ import t from 'tap';
 import { jetstream } from '@nats-io/jetstream';
 import { loadConfig } from '../shared/config';
 import { EVENTS_STREAM } from '../shared/nats';
-import { runServices } from '../cli/run';
+import { runServices } from '../services/composition-root';
 import { scheduledRunId } from '../services/scheduler/service';
-import { Pipeline } from './helpers/pipeline';
-import { spawnService, type ServiceProcess } from './helpers/service-process';
+import { Pipeline } from '../kit/pipeline';
+import { spawnService, type ServiceProcess } from '../kit/service-process';
 import { Writable } from 'node:stream';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

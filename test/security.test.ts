@@ -19,10 +19,10 @@ import { LABELS } from '../shared/docker';
 import { ENV_FILES } from '../shared/envfile';
 import { STAGES } from '../shared/events';
 import { CONSUMERS, EVENTS_STREAM, LOCKS_BUCKET, LOGS_STREAM, RUNS_BUCKET, bucketStream, isPermissionDenied } from '../shared/nats';
-import { runServices, type RunningServices } from '../cli/run';
+import { runServices, type RunningServices } from '../services/composition-root';
 import { runSetup } from '../cli/commands/setup';
-import { TEST_IMAGES, standInStageEnv } from './fixtures/build-images';
-import { Pipeline, docker, uid, waitForContainer, type EnvFileKey, type RecordedEvent } from './helpers/pipeline';
+import { TEST_IMAGES, standInStageEnv } from '../kit/stand-ins';
+import { Pipeline, docker, uid, waitForContainer, type EnvFileKey, type RecordedEvent } from '../kit/pipeline';
 import { NATS_ROLES, startAuthNatsServer, type NatsRole } from './helpers/nats-auth';
 
 const BRAIN = resolve(__dirname, '../../bin/brain.js');

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { FAULTS, printReport, runSoak } from '../bench/soak';
+import { FAULTS, printReport, runSoak } from '../kit/soak';
 
 t.test('soak: five chains, each under a different fault: every run ends once, as its fault calls for; nothing lost, doubled, orphaned or anomalous', async (t) => {
   const seed = 7;

@@ -26,11 +26,11 @@ import {
   openRuns,
   wantedTopology,
 } from '../shared/nats';
-import { runServices } from '../cli/run';
-import { standInStageEnv } from './fixtures/build-images';
-import { startNatsServer } from './helpers/nats-server';
+import { runServices } from '../services/composition-root';
+import { standInStageEnv } from '../kit/stand-ins';
+import { startNatsServer } from '../kit/nats-server';
 import { startAuthNatsServer, type AuthNatsServer, type NatsRole } from './helpers/nats-auth';
-import { makeRunDirs } from './helpers/run-dirs';
+import { makeRunDirs } from '../kit/run-dirs';
 
 const BRAIN = resolve(__dirname, '../../bin/brain.js');
 const S = 1_000_000_000; // nanoseconds per second

@@ -1,4 +1,3 @@
-import { Command } from 'commander';
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { LogBatch, RUN_ID_PATTERN, Subjects, type LogBatchEvent } from '../../shared/events';
@@ -49,29 +48,24 @@ async function runEnded(nc: NatsConnection, runId: string): Promise<void> {
   found.abort();
 }
 
-export function logsCommand(): Command {
-  return new Command('logs')
-    .description("print a run's container log lines (kept in the BRAIN_LOGS stream within a size bound)")
-    .argument('<runId>', 'the run id')
-    .option('-f, --follow', 'keep printing new lines until the run ends (or Ctrl-C)')
-    .action((runId: string, opts: { follow?: boolean }) =>
-      withClient(async (nc) => {
-        if (!RUN_ID_PATTERN.test(runId)) throw new CliError(`"${runId}" is not a run id (1-64 characters of A-Z a-z 0-9 _ -)`);
-        const filter = `logs.*.${runId}`;
-        const print = printer(painter(useColour(process.stdout)));
-        const state = await streamState(await jetstreamManager(nc), LOGS_STREAM, filter);
-        const stored = Object.values(state.subjects ?? {}).reduce((a, b) => a + b, 0);
-        if (opts.follow !== true) {
-          if (stored === 0) throw new CliError(`no log lines stored for run ${runId}`);
-          await readStream(nc, LOGS_STREAM, { filter, untilSeq: state.last_seq }, print);
-          return;
-        }
-        const stop = new AbortController();
-        const following = readStream(nc, LOGS_STREAM, { filter, follow: stop.signal }, print);
-        await runEnded(nc, runId);
-        await new Promise((r) => setTimeout(r, LOG_GRACE_MS));
-        stop.abort();
-        await following;
-      }),
-    );
+/** `brain logs`: a run's stored container lines; with `follow`, new ones until the run ends. */
+export function run(runId: string, opts: { follow?: boolean }): Promise<void> {
+  return withClient(async (nc) => {
+    if (!RUN_ID_PATTERN.test(runId)) throw new CliError(`"${runId}" is not a run id (1-64 characters of A-Z a-z 0-9 _ -)`);
+    const filter = `logs.*.${runId}`;
+    const print = printer(painter(useColour(process.stdout)));
+    const state = await streamState(await jetstreamManager(nc), LOGS_STREAM, filter);
+    const stored = Object.values(state.subjects ?? {}).reduce((a, b) => a + b, 0);
+    if (opts.follow !== true) {
+      if (stored === 0) throw new CliError(`no log lines stored for run ${runId}`);
+      await readStream(nc, LOGS_STREAM, { filter, untilSeq: state.last_seq }, print);
+      return;
+    }
+    const stop = new AbortController();
+    const following = readStream(nc, LOGS_STREAM, { filter, follow: stop.signal }, print);
+    await runEnded(nc, runId);
+    await new Promise((r) => setTimeout(r, LOG_GRACE_MS));
+    stop.abort();
+    await following;
+  });
 }

@@ -1,17 +1,10 @@
-import { Command, InvalidArgumentError, Option } from 'commander';
 import { withClient } from '../client';
-import { recentRuns, type RunSummary, type StageResult } from '../history';
+import { recentRuns, type RunSummary, type StepOutcome } from '../history';
 import { formatDuration, paintOutcome, painter, useColour, type Paint } from '../view';
-
-function count(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 1000) throw new InvalidArgumentError('must be a whole number from 1 to 1000');
-  return n;
-}
 
 const STAGE_COLUMNS = ['transform', 'load', 'gate', 'train'] as const;
 
-const cell = (s: StageResult | undefined) => (s === undefined ? '-' : s.durationMs !== undefined ? `${s.outcome} ${formatDuration(s.durationMs)}` : s.outcome);
+const cell = (s: StepOutcome | undefined) => (s === undefined ? '-' : s.durationMs !== undefined ? `${s.outcome} ${formatDuration(s.durationMs)}` : s.outcome);
 const result = (run: RunSummary) => run.verdict?.result ?? 'running';
 const total = (run: RunSummary) => formatDuration(Date.parse(run.lastEventAt) - Date.parse(run.startedAt));
 
@@ -40,22 +33,17 @@ export function runsTable(runs: readonly RunSummary[], paint: Paint): string {
   ].join('\n');
 }
 
-export function runsCommand(): Command {
-  return new Command('runs')
-    .description('recent runs from the event history in JetStream, oldest first')
-    .addOption(new Option('--limit <n>', 'how many runs').default(10).argParser(count))
-    .option('--json', 'a JSON array of runs')
-    .action((opts: { limit: number; json?: boolean }) =>
-      withClient(async (nc) => {
-        const { runs, invalid } = await recentRuns(nc, opts.limit);
-        if (opts.json === true) {
-          process.stdout.write(`${JSON.stringify(runs.map((run) => ({ ...run, result: result(run) })))}\n`);
-        } else if (runs.length === 0) {
-          process.stdout.write('no runs yet\n');
-        } else {
-          process.stdout.write(`${runsTable(runs, painter(useColour(process.stdout)))}\n`);
-        }
-        for (const bad of invalid) process.stderr.write(`brain: invalid ${bad.subject} event in the history (seq ${bad.seq}): ${bad.error}\n`);
-      }),
-    );
+/** `brain runs`: the last `limit` runs as a table, or as JSON. */
+export function run(opts: { limit: number; json?: boolean }): Promise<void> {
+  return withClient(async (nc) => {
+    const { runs, invalid } = await recentRuns(nc, opts.limit);
+    if (opts.json === true) {
+      process.stdout.write(`${JSON.stringify(runs.map((run) => ({ ...run, result: result(run) })))}\n`);
+    } else if (runs.length === 0) {
+      process.stdout.write('no runs yet\n');
+    } else {
+      process.stdout.write(`${runsTable(runs, painter(useColour(process.stdout)))}\n`);
+    }
+    for (const bad of invalid) process.stderr.write(`brain: invalid ${bad.subject} event in the history (seq ${bad.seq}): ${bad.error}\n`);
+  });
 }

@@ -1,8 +1,8 @@
-import { Command } from 'commander';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { environmentWithDotenv, loadConfig, type Config } from '../../shared/config';
+import { environmentWithDotenv, parseConfig, type Config } from '../../shared/config';
 import { ConfigError, describeError } from '../../shared/errors';
-import { TopologyError, connectNats, convergeTopology, describeChange, topologyOptions, wantedTopology } from '../../shared/nats';
+import { TopologyError, connectNats, convergeTopology, describeChange, topologyOptions } from '../../shared/nats';
+import { wantedTopology } from '../../services/composition-root';
 
 /** Exit codes of `brain setup`: 0 the topology matches the configuration, 2 a configuration or topology problem, 1 anything else. */
 export const SETUP_EXIT = { ok: 0, failed: 1, config: 2 } as const;
@@ -15,7 +15,7 @@ export const SETUP_EXIT = { ok: 0, failed: 1, config: 2 } as const;
 export async function runSetup(env: NodeJS.ProcessEnv, out: (line: string) => void, err: (line: string) => void): Promise<number> {
   let config: Config;
   try {
-    config = loadConfig(environmentWithDotenv(env), []);
+    config = parseConfig(environmentWithDotenv(env), []);
   } catch (e) {
     if (e instanceof ConfigError) {
       err(`brain setup: ${e.message}`);
@@ -38,14 +38,11 @@ export async function runSetup(env: NodeJS.ProcessEnv, out: (line: string) => vo
   }
 }
 
-export function setupCommand(): Command {
-  return new Command('setup')
-    .description('create or update the NATS streams, consumers and buckets to match the configuration (as the admin NATS user); exit 2 on a configuration problem')
-    .action(async () => {
-      process.exitCode = await runSetup(
-        process.env,
-        (line) => process.stdout.write(`${line}\n`),
-        (line) => process.stderr.write(`${line}\n`),
-      );
-    });
+/** `brain setup`, on the process's environment and streams. */
+export async function run(): Promise<void> {
+  process.exitCode = await runSetup(
+    process.env,
+    (line) => process.stdout.write(`${line}\n`),
+    (line) => process.stderr.write(`${line}\n`),
+  );
 }

@@ -1,9 +1,8 @@
-import { Command } from 'commander';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { Svcm, type ServiceInfo } from '@nats-io/services';
-import { SERVICE_NAMES } from '../../shared/config';
+import { SERVICE_NAMES } from '../../services/index';
 import { describeError } from '../../shared/errors';
 import { Subjects } from '../../shared/events';
 import { LeaseValue } from '../../shared/lock';
@@ -155,18 +154,14 @@ function render(status: { services: ServiceStatus[]; locks: LockStatus[]; lastRu
   return out.join('\n');
 }
 
-export function statusCommand(): Command {
-  return new Command('status')
-    .description('which services are up, which locks are held, and the last run of each stage')
-    .option('--json', 'one JSON object')
-    .action((opts: { json?: boolean }) =>
-      withClient(async (nc) => {
-        const [svc, held, last] = await Promise.all([services(nc), locks(nc), lastRuns(nc)]);
-        if (opts.json === true) {
-          process.stdout.write(`${JSON.stringify({ services: svc, locks: held, lastRuns: last })}\n`);
-          return;
-        }
-        process.stdout.write(`${render({ services: svc, locks: held, lastRuns: last }, useColour(process.stdout))}\n`);
-      }),
-    );
+/** `brain status`: services up, locks held and each stage's last run. */
+export function run(opts: { json?: boolean }): Promise<void> {
+  return withClient(async (nc) => {
+    const [svc, held, last] = await Promise.all([services(nc), locks(nc), lastRuns(nc)]);
+    if (opts.json === true) {
+      process.stdout.write(`${JSON.stringify({ services: svc, locks: held, lastRuns: last })}\n`);
+      return;
+    }
+    process.stdout.write(`${render({ services: svc, locks: held, lastRuns: last }, useColour(process.stdout))}\n`);
+  });
 }

@@ -1,7 +1,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { freeLoopbackPort } from '../../kit/ports';
 
 export const SSHD_BIN = '/usr/sbin/sshd';
 
@@ -11,18 +11,6 @@ export interface Sshd {
   /** Everything sshd wrote to stderr (it runs with -D -e). */
   log(): string;
   stop(): Promise<void>;
-}
-
-/** A free TCP port on 127.0.0.1 (bound then released; sshd takes it right after). */
-export async function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 /**

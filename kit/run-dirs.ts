@@ -1,7 +1,7 @@
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ENV_FILES } from '../../shared/envfile';
+import { ENV_FILES } from '../services/index';
 
 export type EnvFileKey = keyof typeof ENV_FILES;
 export type EnvFiles = Partial<Record<EnvFileKey, Record<string, string>>>;

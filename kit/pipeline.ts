@@ -1,17 +1,24 @@
+/**
+ * The pipeline in the test's own process: a real nats-server of its own, the services started through the
+ * composition root (`runServices`, as `brain up` does) with their log lines captured, and an observer that records
+ * every event as it arrives.
+ */
 import { rmSync } from 'node:fs';
 import { Writable } from 'node:stream';
-import { randomBytes } from 'node:crypto';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
-import Docker from 'dockerode';
-import { SERVICE_NAMES, loadConfig, type Config, type ServiceName } from '../../shared/config';
-import { LABELS } from '../../shared/docker';
-import { runServices, type RunningServices } from '../../cli/run';
-import { standInStageEnv } from '../fixtures/build-images';
+import type Docker from 'dockerode';
+import type { Config } from '../shared/config';
+import { EVENT_SUBJECTS } from '../shared/nats';
+import { SERVICE_NAMES, type ServiceName } from '../services/index';
+import { loadConfig, runServices, type RunningServices } from '../services/composition-root';
+import { standInStageEnv } from './stand-ins';
 import { startNatsServer, type NatsServer } from './nats-server';
-import { EventLog, type RecordedEvent } from './event-log';
+import { docker, managedContainers, untilNone } from './containers';
+import { EventLog, observeLive, type RecordedEvent } from './event-log';
 import { makeRunDirs, writeEnvFiles, type EnvFiles, type RunDirs } from './run-dirs';
 
 export { isRunTerminal, type RecordedEvent } from './event-log';
+export { docker, uid, waitForContainer } from './containers';
 
 export type { EnvFileKey } from './run-dirs';
 
@@ -26,9 +33,6 @@ export interface PipelineOptions {
   /** Keep logs.* batches in memory (off for tests that flood the log). */
   recordLogs?: boolean;
 }
-
-export const docker = new Docker();
-export const uid = (prefix = 'r') => `${prefix}${randomBytes(5).toString('hex')}`;
 
 export class Pipeline extends EventLog {
   readonly logLines: string[] = [];
@@ -77,27 +81,11 @@ export class Pipeline extends EventLog {
   }
 
   private observe(recordLogs: boolean): void {
-    const subjects = ['transform.>', 'data.>', 'load.>', 'model.>', 'rejected.>'];
-    if (recordLogs) subjects.push('logs.>');
-    for (const subject of subjects) {
-      const sub = this.client.subscribe(subject, {
-        callback: (_err, msg) => {
-          let data: RecordedEvent['data'];
-          try {
-            data = msg.json();
-          } catch {
-            data = { raw: msg.string() };
-          }
-          const event = { subject: msg.subject, data };
-          if (msg.subject.startsWith('logs.')) {
-            this.logBatches.push(event);
-            return;
-          }
-          this.record(event);
-        },
-      });
-      this.subs.push(sub);
-    }
+    const subjects = recordLogs ? [...'logs.>'] : EVENT_SUBJECTS;
+    this.subs = observeLive(this.client, subjects, (event) => {
+      if (event.subject.startsWith('logs.')) this.logBatches.push(event);
+      else this.record(event);
+    });
   }
 
   async startServices(): Promise<void> {
@@ -129,9 +117,7 @@ export class Pipeline extends EventLog {
   }
 
   async containers(runId?: string): Promise<Docker.ContainerInfo[]> {
-    const label = [`${LABELS.managed}=true`];
-    if (runId !== undefined) label.push(`${LABELS.runId}=${runId}`);
-    return docker.listContainers({ all: true, filters: { label } });
+    return managedContainers(runId);
   }
 
   /**
@@ -139,12 +125,7 @@ export class Pipeline extends EventLog {
    * its outcome is stored, a moment after the event a test waits for. Waits up to `timeoutMs` for none.
    */
   async leftBehind(runId: string, timeoutMs = 10_000): Promise<Docker.ContainerInfo[]> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const left = await this.containers(runId);
-      if (left.length === 0 || Date.now() > deadline) return left;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    return untilNone(() => this.containers(runId), timeoutMs);
   }
 
   async close(): Promise<void> {
@@ -155,15 +136,4 @@ export class Pipeline extends EventLog {
     await this.nats.cleanup();
     rmSync(this.dirs.root, { recursive: true, force: true });
   }
-}
-
-/** Waits for a container of the run and stage to be running. */
-export async function waitForContainer(runId: string, stage: string, timeoutMs = 20_000): Promise<Docker.ContainerInfo> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const found = await docker.listContainers({ filters: { label: [`${LABELS.runId}=${runId}`, `${LABELS.stage}=${stage}`], status: ['running'] } });
-    if (found[0] !== undefined) return found[0];
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`no running ${stage} container for ${runId} after ${timeoutMs} ms`);
 }

@@ -1,19 +1,22 @@
 /**
- * The pipeline against any NATS (one server or a cluster): each Docker service as its own `brain service`
- * child process, any number of replicas of each, an observer that reads the events stream with an
- * ordered consumer (so it misses nothing across a NATS node failure) and a watcher of the locks bucket.
+ * The pipeline against any NATS (one server or a cluster): each service as its own `brain service` child process,
+ * as deployed, any number of replicas of each, an observer of the events and a watcher of the locks bucket. The
+ * tests run it on a cluster and under faults; the bench runs every service in it, observed as events arrive.
  */
 import { rmSync } from 'node:fs';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient } from '@nats-io/jetstream';
 import { Kvm, type KvWatchEntry } from '@nats-io/kv';
 import type { QueuedIterator } from '@nats-io/nats-core';
-import { LABELS } from '../../shared/docker';
-import { EVENTS_STREAM, LOCKS_BUCKET, ensureTopology } from '../../shared/nats';
-import { standInStageEnv } from '../fixtures/build-images';
-import { docker, uid } from './pipeline';
+import { LABELS } from '../shared/docker';
+import { EVENTS_STREAM, EVENT_SUBJECTS, LOCKS_BUCKET } from '../shared/nats';
+import type { ServiceName } from '../services/index';
+import { ensureTopology } from '../services/composition-root';
+import { standInStageEnv } from './stand-ins';
+import { docker, uid, untilNone } from './containers';
 import { makeRunDirs, writeEnvFiles, type EnvFiles, type RunDirs } from './run-dirs';
-import { EventLog, type RecordedEvent } from './event-log';
+import { EventLog, bodyOf, observeLive, type RecordedEvent } from './event-log';
+import { freeLoopbackPort } from './ports';
 import { spawnService, type ServiceProcess } from './service-process';
 
 export type StageService = 'transformer' | 'loader' | 'model-gate' | 'trainer';
@@ -25,6 +28,20 @@ export interface ClusterPipelineOptions {
   /** Configuration overrides (environment variables) for every service. */
   env?: Record<string, string>;
   envFiles?: EnvFiles;
+  /** The services to run, each with one replica per NATS URL (default: the four stage services). */
+  services?: readonly ServiceName[];
+  /** Arguments for each child's node, before the script (e.g. `--cpu-prof`). */
+  nodeArgs?: readonly string[];
+  /**
+   * How events are observed: `stream` (default) reads the events stream with a durable consumer, so nothing is
+   * missed across a NATS node failure; `live` subscribes to the subjects, so each event's `at` is when it was
+   * published, with no consumer delivery in between (what the bench times).
+   */
+  observe?: 'stream' | 'live';
+  /** Watch the locks bucket for anomalies (default true). */
+  watchLocks?: boolean;
+  /** `any` (default): each service picks a free health port itself; `free`: one is chosen here, read by `healthPort()`. */
+  healthPorts?: 'any' | 'free';
 }
 
 /** One write to the locks bucket, as the watcher saw it. */
@@ -37,8 +54,8 @@ export interface LockWrite {
   created: Date;
 }
 
-/** Every event in the events stream, in stream order (`events`, from EventLog). */
-export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
+/** Every event observed, in stream order (`events`, from EventLog; `seq` is the stream sequence when read from the stream). */
+export class ClusterPipeline extends EventLog<RecordedEvent & { seq?: number }> {
   readonly lockWrites: LockWrite[] = [];
   /** Two different runs seen holding one lock at once (a put over an unexpired lease of another run). */
   readonly lockAnomalies: string[] = [];
@@ -48,8 +65,10 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
   readonly runIds: string[] = [];
   private readonly held = new Map<string, LockWrite>();
   private readonly loops: Promise<void>[] = [];
+  private readonly healthPorts = new Map<string, number>();
   private messages: ConsumerMessages | undefined;
   private watch: QueuedIterator<KvWatchEntry> | undefined;
+  private subs: Subscription[] = [];
   readonly js: JetStreamClient;
 
   private constructor(
@@ -57,6 +76,7 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
     readonly dirs: RunDirs,
     readonly env: Record<string, string>,
     readonly natsUrls: string[],
+    private readonly opts: Pick<ClusterPipelineOptions, 'nodeArgs' | 'healthPorts'>,
   ) {
     super(dirs.aws);
     this.js = jetstream(client);
@@ -77,13 +97,15 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
     let client: NatsConnection | undefined;
     try {
       client = await connect({ servers: first.split(','), name: 'test-observer', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
-      const p = new ClusterPipeline(client, dirs, env, opts.natsUrls);
+      const p = new ClusterPipeline(client, dirs, env, opts.natsUrls, opts);
       const ackWaitMs = Number(env.ACK_WAIT ?? 30) * 1000;
       const lockTtlMs = Number(env.LOCK_TTL ?? 30) * 1000;
       // Made here first, so the service replicas starting side by side do not race to create it.
       await ensureTopology(client, { replicas: Number(env.NATS_REPLICAS ?? 1), lockTtlMs, ackWaitMs });
-      await p.observe(lockTtlMs);
-      await Promise.all(STAGE_SERVICES.flatMap((name) => opts.natsUrls.map((_, i) => p.spawn(name, i))));
+      if (opts.observe === 'live') p.subs = observeLive(client, EVENT_SUBJECTS, (event) => p.record(event));
+      else await p.observeStream();
+      if (opts.watchLocks !== false) await p.watchLocks(lockTtlMs);
+      await Promise.all((opts.services ?? STAGE_SERVICES).flatMap((name) => opts.natsUrls.map((_, i) => p.spawn(name, i))));
       return p;
     } catch (err) {
       await client?.close();
@@ -92,7 +114,7 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
     }
   }
 
-  private async observe(lockTtlMs: number): Promise<void> {
+  private async observeStream(): Promise<void> {
     // A durable consumer (replicated like the services' own) survives a node failure; an ordered one
     // stopped delivering when its node died. Redeliveries are dropped by stream sequence.
     const jsm = await jetstreamManager(this.client);
@@ -107,17 +129,13 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
           m.ack();
           if (seen.has(m.seq)) continue;
           seen.add(m.seq);
-          let data: RecordedEvent['data'];
-          try {
-            data = m.json();
-          } catch {
-            data = { raw: m.string() };
-          }
-          const event = { subject: m.subject, data, seq: m.seq };
-          this.record(event);
+          this.record({ subject: m.subject, data: bodyOf(m), at: performance.now(), seq: m.seq });
         }
       })(),
     );
+  }
+
+  private async watchLocks(lockTtlMs: number): Promise<void> {
     const kv = await new Kvm(this.client).open(LOCKS_BUCKET);
     const watch = await kv.watch({ key: '>' });
     this.watch = watch;
@@ -148,15 +166,34 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
   }
 
   /** Starts replica `i` of a service (its NATS_URL is `natsUrls[i]`) and waits until it serves. */
-  async spawn(name: StageService, i: number): Promise<ServiceProcess> {
-    const proc = spawnService(['service', name], { ...this.env, NATS_URL: this.natsUrls[i] ?? '' });
+  async spawn(name: ServiceName, i: number): Promise<ServiceProcess> {
+    const env: Record<string, string> = { ...this.env, NATS_URL: this.natsUrls[i] ?? '' };
+    if (this.opts.healthPorts === 'free') {
+      env.HEALTH_PORT = String(await freeLoopbackPort());
+      this.healthPorts.set(`${name}#${i}`, Number(env.HEALTH_PORT));
+    }
+    const proc = spawnService(['service', name], env, { nodeArgs: this.opts.nodeArgs });
     this.processes.set(`${name}#${i}`, proc);
     await proc.waitForLog(/services started/, 30_000);
     return proc;
   }
 
+  /** Replica `i` of a running service. */
+  process(name: ServiceName, i = 0): ServiceProcess {
+    const proc = this.processes.get(`${name}#${i}`);
+    if (proc === undefined) throw new Error(`${name}#${i} is not running`);
+    return proc;
+  }
+
+  /** The port of replica `i`'s `/healthz` and `/metrics` on 127.0.0.1 (with `healthPorts: 'free'`). */
+  healthPort(name: ServiceName, i = 0): number {
+    const port = this.healthPorts.get(`${name}#${i}`);
+    if (port === undefined) throw new Error(`no known health port for ${name}#${i} (start with healthPorts: 'free')`);
+    return port;
+  }
+
   /** kill -9 of replica `i` of a service. */
-  async kill(name: StageService, i: number): Promise<void> {
+  async kill(name: ServiceName, i: number): Promise<void> {
     const proc = this.processes.get(`${name}#${i}`);
     if (proc === undefined) return;
     proc.signal('SIGKILL');
@@ -183,12 +220,7 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
 
   /** The runs' containers once their steps are done with them (removed just after each outcome is stored). */
   async leftBehind(runIds: readonly string[], timeoutMs = 10_000): Promise<{ Id: string; Names: string[]; runId: string }[]> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const left = await this.containers(runIds);
-      if (left.length === 0 || Date.now() > deadline) return left;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    return untilNone(() => this.containers(runIds), timeoutMs);
   }
 
   /** Output of every service process, for a failure's diagnosis. */
@@ -206,6 +238,7 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq: number }> {
       }),
     );
     for (const c of await this.containers(this.runIds)) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+    for (const sub of this.subs) sub.unsubscribe();
     this.messages?.stop();
     this.watch?.stop();
     await Promise.allSettled(this.loops);

@@ -1,8 +1,9 @@
+/** `brain` commands as real child processes. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 
-const BRAIN = join(__dirname, '..', '..', '..', 'bin', 'brain.js');
+const BRAIN = join(__dirname, '..', '..', 'bin', 'brain.js');
 
 export interface ServiceProcess {
   readonly pid: number;
@@ -17,9 +18,12 @@ export interface ServiceProcess {
   rss(): number;
 }
 
-/** Runs `brain service <name>` (or `brain up`) as a real child process. */
-export function spawnService(args: string[], env: Record<string, string>): ServiceProcess {
-  const child: ChildProcess = spawn(process.execPath, [BRAIN, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/** Runs `brain service <name>` (or `brain up`) as a real child process; `nodeArgs` go to node before the script. */
+export function spawnService(args: string[], env: Record<string, string>, opts: { nodeArgs?: readonly string[] } = {}): ServiceProcess {
+  const child: ChildProcess = spawn(process.execPath, [...(opts.nodeArgs ?? []), BRAIN, ...args], {
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const output: string[] = [];
   const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
   let partial = '';

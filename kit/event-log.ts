@@ -1,9 +1,31 @@
+/** The events a harness observes, and how tests and the bench wait for them. */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 
 export interface RecordedEvent {
   subject: string;
-  data: Record<string, unknown> & { runId?: string; outcome?: string };
+  data: Record<string, unknown> & { runId?: string; outcome?: string; exitCode?: number | null; durationMs?: number; error?: string };
+  /** performance.now() when the observer received it. */
+  at: number;
+}
+
+/** A message body as JSON, or `{raw}` when it is not JSON (an invalid event is recorded too). */
+export function bodyOf(msg: { json<T>(): T; string(): string }): RecordedEvent['data'] {
+  try {
+    return msg.json<RecordedEvent['data']>();
+  } catch {
+    return { raw: msg.string() };
+  }
+}
+
+/** Core subscriptions to `subjects`, each message handed to `onEvent` as it arrives (no JetStream delivery in between). */
+export function observeLive(client: NatsConnection, subjects: readonly string[], onEvent: (event: RecordedEvent) => void): Subscription[] {
+  return subjects.map((subject) =>
+    client.subscribe(subject, {
+      callback: (_err, msg) => onEvent({ subject: msg.subject, data: bodyOf(msg), at: performance.now() }),
+    }),
+  );
 }
 
 /** A transform run is over when one of these arrives for it. */

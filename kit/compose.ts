@@ -9,14 +9,14 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import Docker from 'dockerode';
-import { LABELS } from '../../shared/docker';
-import { buildTestImages, standInStageEnv } from '../fixtures/build-images';
+import { LABELS } from '../shared/docker';
+import { buildTestImages, standInStageEnv } from './stand-ins';
 import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from './compose-images';
 import type { RunDirs } from './run-dirs';
 
 const run = promisify(execFile);
 
-export const REPO_ROOT = resolve(__dirname, '../../..');
+export const REPO_ROOT = resolve(__dirname, '../..');
 export const BRAIN_TEST_IMAGE = 'brain-test-pipeline:compose';
 
 const docker = new Docker();

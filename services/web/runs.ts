@@ -1,5 +1,5 @@
 import type { NatsConnection } from '@nats-io/transport-node';
-import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import { EVENTS_STREAM, RUNS_BUCKET, bucketStream, openRuns } from '../../shared/nats';
 import { STEPS, StepRecord, type Step } from '../../shared/record';
@@ -36,6 +36,12 @@ export interface RunEvent {
 const STAGE_OF_STEP = { transform: 'transform', load: 'load', 'model-trigger': 'gate', train: 'train' } as const;
 const TERMINAL = new Set<string>(['trained', 'up-to-date', 'no-new-data', 'busy', 'failed', 'skipped']);
 const decoder = new TextDecoder();
+
+/** A direct get of a sequence whose message is gone answers "no message": absent, not an error. */
+const notFound = (err: unknown): null => {
+  if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return null;
+  throw err;
+};
 
 type Records = Partial<Record<Step, { record: StepRecord; seq: number }>>;
 
@@ -155,7 +161,6 @@ export interface RunsReader {
 export async function createRunsReader(nc: NatsConnection, kv?: KV): Promise<RunsReader> {
   const bucket = kv ?? (await openRuns(nc));
   const jsm = await jetstreamManager(nc);
-  const js = jetstream(nc);
   const stream = bucketStream(RUNS_BUCKET);
   const prefix = `$KV.${RUNS_BUCKET}.`;
 
@@ -172,19 +177,17 @@ export async function createRunsReader(nc: NatsConnection, kv?: KV): Promise<Run
     return out;
   }
 
-  /** The live messages of KV_runs with sequences in [start, end], oldest first. */
+  /**
+   * The live messages of KV_runs with sequences in [start, end], oldest first: one direct get per sequence, in
+   * parallel (a sequence whose value was replaced is simply absent). No consumer is created: on a long history a
+   * consumer's creation costs what the history costs, a direct get by sequence does not.
+   */
   async function window(start: number, end: number): Promise<{ seq: number; key: string; data: Uint8Array }[]> {
-    const consumer = await js.consumers.get(stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start });
     const out: { seq: number; key: string; data: Uint8Array }[] = [];
-    const messages = await consumer.consume({ max_messages: 512 });
-    try {
-      for await (const m of messages) {
-        if (m.seq > end) break;
-        out.push({ seq: m.seq, key: m.subject.slice(prefix.length), data: m.data });
-        if (m.seq === end || m.info.pending === 0) break;
-      }
-    } finally {
-      await messages.close();
+    const seqs = Array.from({ length: end - start + 1 }, (_, i) => start + i);
+    for (let i = 0; i < seqs.length; i += 256) {
+      const got = await Promise.all(seqs.slice(i, i + 256).map((seq) => jsm.direct.getMessage(stream, { seq }).catch(notFound)));
+      for (const m of got) if (m !== null && m.subject.startsWith(prefix)) out.push({ seq: m.seq, key: m.subject.slice(prefix.length), data: m.data });
     }
     return out;
   }
@@ -195,8 +198,12 @@ export async function createRunsReader(nc: NatsConnection, kv?: KV): Promise<Run
     let end = Math.min(state.last_seq, (before ?? Number.MAX_SAFE_INTEGER) - 1);
     const seen = new Set<string>();
     const found: RunView[] = [];
-    let size = Math.max(64, limit * 24);
+    // A run keeps up to four records (one per step) and its earlier writes leave gaps of replaced values: the
+    // stream's own density of live messages sizes the first window to about the page asked for.
+    const density = (state.last_seq - state.first_seq + 1) / state.messages;
+    let size = Math.max(32, Math.ceil(limit * 4 * density * 1.25));
     let exhausted = false;
+    let leftover = false;
     while (found.length < limit && end >= state.first_seq) {
       const start = Math.max(state.first_seq, end - size + 1);
       const messages = await window(start, end);
@@ -210,20 +217,29 @@ export async function createRunsReader(nc: NatsConnection, kv?: KV): Promise<Run
         known[parsed.step] ??= { record, seq: m.seq };
         fresh.set(parsed.runId, known);
       }
-      const views = await Promise.all([...fresh].map(async ([runId, known]) => runView(runId, await recordsOf(runId, known))));
-      for (const [runId] of fresh) seen.add(runId);
-      for (const v of views) {
-        // A run written again at or after `before` was on an earlier page.
-        if (v !== null && (before === undefined || v.cursor < before)) found.push(v);
+      // Newest first: a run's first sighting going backwards is its latest write, its place in the list. Only as
+      // many runs as the page still needs are read in full.
+      const candidates = [...fresh];
+      let taken = 0;
+      while (found.length < limit && taken < candidates.length) {
+        const batch = candidates.slice(taken, taken + limit - found.length);
+        taken += batch.length;
+        const views = await Promise.all(batch.map(async ([runId, known]) => runView(runId, await recordsOf(runId, known))));
+        for (const [runId] of batch) seen.add(runId);
+        for (const v of views) {
+          // A run written again at or after `before` was on an earlier page.
+          if (v !== null && (before === undefined || v.cursor < before)) found.push(v);
+        }
       }
+      if (taken < candidates.length) leftover = true;
       end = start - 1;
-      size *= 4;
+      size *= 2;
       if (start === state.first_seq) exhausted = true;
     }
     found.sort((a, b) => b.cursor - a.cursor);
     const runs = found.slice(0, limit);
     const last = runs[runs.length - 1];
-    const more = found.length > limit || (!exhausted && end >= state.first_seq);
+    const more = leftover || found.length > limit || (!exhausted && end >= state.first_seq);
     return { runs, next: more && last !== undefined ? last.cursor : null };
   }
 

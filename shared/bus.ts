@@ -17,6 +17,7 @@ import {
 } from './events';
 import { EVENTS_STREAM } from './nats';
 import { BrainError, ErrorCode, describeError } from './errors';
+import type { LockKey } from './lock';
 import type { Logger } from './logger';
 import type { Metrics } from './metrics';
 
@@ -71,6 +72,8 @@ export interface BusDeps {
   metrics?: Metrics;
   /** How long a failing publish is retried before the handler gives up (and the message is redelivered). */
   publishRetryMs?: number;
+  /** The lock a `busy` ending waited for, by the subject it ends with (`contendedLocksOf` the definitions): the contention metric. */
+  contendedLocks?: ReadonlyMap<EventSubject, LockKey>;
   /** In-flight messages per consumer; each is worked on concurrently. */
   concurrency?: number;
   /** How long each pull request waits on the server (≥ 1000 ms; default 2000); a stopping consumer waits for its last one to end. */
@@ -143,13 +146,14 @@ export function createEventBus(deps: BusDeps): EventBus {
     }
   }
 
-  /** Each `*.done` event is one stage run for the metrics; a `busy` one is lock contention. */
+  /** Each `*.done` event is one stage run for the metrics; a `busy` one is contention for its lock. */
   function recordOutcome(subject: EventSubject, event: unknown): void {
     if (deps.metrics === undefined || !subject.endsWith('.done')) return;
     const { outcome, durationMs } = event as { outcome: string; durationMs: number };
     const stage = subject.slice(0, subject.indexOf('.'));
     deps.metrics.stageEnded(stage, outcome, durationMs);
-    if (outcome === 'busy') deps.metrics.lockContended(stage === 'model' ? 'model' : 'transform');
+    const lock = deps.contendedLocks?.get(subject);
+    if (outcome === 'busy' && lock !== undefined) deps.metrics.lockContended(lock);
   }
 
   async function publish<S extends EventSubject>(
@@ -238,7 +242,7 @@ export function createEventBus(deps: BusDeps): EventBus {
         }
         return;
       }
-      // Always the newest delivery: a redelivery taken over by this handler is the one the server counts.
+      // Always the newest delivery: a redelivery joined by this running handler is the one the server counts.
       const heartbeat = setInterval(() => delivery.msg.working(), Math.max(250, Math.floor(deps.ackWaitMs / 3)));
       try {
         const result = await handler(parsed.value, {

@@ -5,9 +5,6 @@ import { Cron } from 'croner';
 import { z } from 'zod';
 import { ConfigError } from './errors';
 
-export const SERVICE_NAMES = ['scheduler', 'transformer', 'loader', 'model-gate', 'trainer'] as const;
-export type ServiceName = (typeof SERVICE_NAMES)[number];
-
 export const DEFAULT_NEW_DATA_PHRASE = 'New data was transformed';
 export const DEFAULT_MISMATCH_PHRASE = 'File counts differ between the dataset commit and master.';
 
@@ -104,6 +101,14 @@ const schema = z.object({
 });
 
 type Raw = z.infer<typeof schema>;
+/** The name of one environment setting, e.g. `HOST_AWS_DIR`. */
+export type SettingName = keyof Raw;
+
+/** What a service needs of the configuration (see `ServiceDefinition.requires`). */
+export interface ConfigNeeds {
+  readonly name: string;
+  readonly requires: readonly SettingName[];
+}
 
 export interface Config {
   /**
@@ -130,20 +135,12 @@ export interface Config {
   health: { port: number; host: string };
 }
 
-/** The settings each service cannot run without, beyond the defaults. */
-const REQUIRED: Record<ServiceName, (keyof Raw)[]> = {
-  scheduler: [],
-  transformer: ['HOST_AWS_DIR', 'HOST_PROCESSED_DIR', 'HOST_VIZ_DIR'],
-  loader: ['HOST_AWS_DIR', 'HOST_PROCESSED_DIR', 'HOST_VIZ_DIR'],
-  'model-gate': [],
-  trainer: ['HOST_AWS_DIR'],
-};
-
 /**
- * Validates the environment for the given services and reports every problem at once.
+ * Validates the environment for the given services (what each requires: `ServiceDefinition.requires`) and reports
+ * every problem at once. The composition root's `loadConfig` takes service names instead.
  * @throws ConfigError listing each problem, one per line.
  */
-export function loadConfig(given: NodeJS.ProcessEnv, services: readonly ServiceName[]): Config {
+export function parseConfig(given: NodeJS.ProcessEnv, services: readonly ConfigNeeds[]): Config {
   const problems: string[] = [];
   const env = withPasswordFile(given, problems);
   const parsed = schema.safeParse(env);
@@ -155,9 +152,9 @@ export function loadConfig(given: NodeJS.ProcessEnv, services: readonly ServiceN
     }
   }
   for (const service of services) {
-    for (const key of REQUIRED[service]) {
+    for (const key of service.requires) {
       const missing = (env[key] ?? '').trim() === '';
-      if (missing && !problems.some((p) => p.startsWith(`${key}:`))) problems.push(`${key}: is required by the ${service} service`);
+      if (missing && !problems.some((p) => p.startsWith(`${key}:`))) problems.push(`${key}: is required by the ${service.name} service`);
     }
   }
   if ((env.NATS_USER ?? '') === '' !== ((env.NATS_PASS ?? '') === '')) {

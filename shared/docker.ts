@@ -24,7 +24,7 @@ export type PullPolicy = 'always' | 'missing' | 'never';
 export interface StartedContainer {
   id: string;
   name: string;
-  /** It already existed (a redelivered or resumed run) and was adopted rather than started. */
+  /** It already existed (a redelivered step, or one whose service restarted) and was adopted rather than started. */
   adopted: boolean;
 }
 
@@ -49,10 +49,10 @@ export interface StageSpec {
   /** Memory limit in bytes; a container past it is OOM-killed (exit 137). */
   memoryBytes?: number;
   /**
-   * The run already started this container before the service restarted: adopt it, and fail
-   * (rather than start a second one) when it is gone.
+   * The step's record says this container was started (before the service restarted): adopt it, and fail
+   * (CONTAINER_GONE) rather than start a second one when it is gone.
    */
-  resume?: boolean;
+  adoptOnly?: boolean;
   /** Aborting stops watching and leaves the container running, for a restarted service to adopt. */
   signal: AbortSignal;
 }
@@ -308,15 +308,15 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
   }
 
   /**
-   * The stage's container: created, or the one this run already has (a redelivered or resumed run).
+   * The stage's container: created, or the one this run already has (adopted: a redelivered step, or `adoptOnly`).
    * Creation is tried first, so the usual case costs one Docker call: a missing image (404) is pulled
    * as PULL_POLICY allows, and an existing name (409) is adopted.
    */
   async function createOrAdopt(spec: StageSpec, name: string): Promise<{ container: Container; existing: ContainerInspectInfo | null }> {
-    if (spec.resume === true || deps.pullPolicy === 'always') {
+    if (spec.adoptOnly === true || deps.pullPolicy === 'always') {
       const found = await startedContainer(name);
       if (found !== null) return found;
-      if (spec.resume === true) {
+      if (spec.adoptOnly === true) {
         throw new StageError(
           ErrorCode.ContainerGone,
           `the ${spec.stage} container of run ${spec.runId} was started before the service restarted and no longer exists; its outcome is unknown`,

@@ -3,14 +3,6 @@ import { join } from 'node:path';
 import { parse } from 'dotenv';
 import { ErrorCode, StageError } from './errors';
 
-export const ENV_FILES = {
-  transform: 'transform.env',
-  loadProcessed: 'linage_processed.env',
-  loadViz: 'linage_viz.env',
-  modelTrigger: 'model_trigger.env',
-  train: 'model.env',
-} as const;
-
 /** Reads a stage's env file. Its values are secrets: they go to the container and nowhere else. */
 export async function readEnvFile(envDir: string, file: string): Promise<Record<string, string>> {
   const path = join(envDir, file);

@@ -53,8 +53,8 @@ export interface Locks {
    * with `trigger`, only when this stage took it for that same trigger message (a second trigger reusing a run id is refused).
    */
   acquire(key: LockKey, runId: string, stage: string, opts?: { trigger?: number }): Promise<Lease | null>;
-  /** Takes over the lock only if it is held for this run. */
-  adopt(key: LockKey, runId: string, stage: string): Promise<Lease | null>;
+  /** Takes over the lock only if it is held for this run (a lease handed on by the run's previous stage). */
+  takeOver(key: LockKey, runId: string, stage: string): Promise<Lease | null>;
   read(key: LockKey): Promise<LockInfo | null>;
   /** The lock is held, by anyone, for this run. */
   heldBy(key: LockKey, runId: string): Promise<boolean>;
@@ -283,7 +283,7 @@ export function createLocks(deps: LocksDeps): Locks {
         if (won !== null) return won;
         continue; // someone wrote between our read and our write: look again
       }
-      // With a trigger, only this stage's own earlier delivery of it may be resumed, never a later stage's lease.
+      // With a trigger, only this stage's own earlier delivery of it may take it over, never a later stage's lease.
       const sameRun =
         current.value?.runId === runId &&
         (opts.trigger === undefined || (current.value.trigger === opts.trigger && current.value.stage === stage));
@@ -292,11 +292,15 @@ export function createLocks(deps: LocksDeps): Locks {
     return null;
   }
 
-  const adopt = (key: LockKey, runId: string, stage: string) => takeOver(key, runId, stage);
   const heldBy = async (key: LockKey, runId: string) => (await read(key))?.value?.runId === runId;
   const close = () => {
     for (const stop of [...inTransit]) stop();
   };
 
-  return { acquire, adopt, read, heldBy, close };
+  return { acquire, takeOver: (key, runId, stage) => takeOver(key, runId, stage), read, heldBy, close };
 }
+
+/** Releases each lease held (null: not held), at once. */
+export const releaseAll = (...leases: (Lease | null)[]): Promise<unknown> => Promise.all(leases.map((l) => l?.release()));
+/** Hands each lease held on to the run's next stage (null: not held), at once. */
+export const handOffAll = (...leases: (Lease | null)[]): Promise<unknown> => Promise.all(leases.map((l) => l?.handOff()));

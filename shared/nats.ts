@@ -15,7 +15,8 @@ import {
   type StreamConfig,
 } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import type { Config, ServiceName } from './config';
+import type { Config } from './config';
+import type { EventSubject } from './events';
 import { BrainError, ErrorCode } from './errors';
 
 export const EVENTS_STREAM = 'BRAIN_EVENTS';
@@ -29,13 +30,11 @@ export const EVENT_SUBJECTS = ['transform.>', 'data.>', 'load.>', 'model.>', 're
 /** The stream behind a KV bucket. */
 export const bucketStream = (bucket: string) => `KV_${bucket}`;
 
-/** Durable consumer name and filter for each consuming service. */
-export const CONSUMERS = {
-  transformer: { durable: 'transformer', subject: 'transform.trigger' },
-  loader: { durable: 'loader', subject: 'data.new' },
-  modelGate: { durable: 'model-gate', subject: 'model.trigger' },
-  trainer: { durable: 'trainer', subject: 'model.mismatch' },
-} as const;
+/** A service's durable consumer on the events stream and the one subject it takes (see `ServiceDefinition.consumes`). */
+export interface DurableConsumer {
+  readonly durable: string;
+  readonly subject: EventSubject;
+}
 
 export interface TopologyOptions {
   replicas?: number;
@@ -176,12 +175,12 @@ function bucketPart(bucket: string, opts: { history: number; ttlMs: number; repl
 }
 
 /**
- * The topology the configuration wants. `services` narrows it to what those services use (the streams, the buckets
- * and their own consumers), which is also all their NATS users may read; `brain setup` takes all of it.
+ * The topology the configuration wants: the streams, the buckets and the given durable consumers. A service passes
+ * its own consumers only (all its NATS user may read); `brain setup` passes every service's (see the composition
+ * root's `wantedTopology`).
  */
-export function wantedTopology(opts: TopologyOptions, services: readonly ServiceName[] | 'all' = 'all'): Topology {
+export function topologyOf(opts: TopologyOptions, consumers: readonly DurableConsumer[]): Topology {
   const replicas = opts.replicas ?? 1;
-  const uses = (name: ServiceName) => services === 'all' || services.includes(name);
   const parts: Part[] = [
     streamPart(
       {
@@ -228,8 +227,7 @@ export function wantedTopology(opts: TopologyOptions, services: readonly Service
     bucketPart(LOCKS_BUCKET, { history: 1, ttlMs: opts.lockTtlMs, replicas, ttlSetting: { name: 'LOCK_TTL', value: seconds(opts.lockTtlMs) }, says: 'keeps leases' }),
   ];
   parts.push(bucketPart(RUNS_BUCKET, { history: 1, ttlMs: RUNS_MAX_AGE_MS, replicas, says: 'keeps run records' }));
-  for (const { durable, subject } of Object.values(CONSUMERS)) {
-    if (!uses(durable)) continue;
+  for (const { durable, subject } of consumers) {
     const config = {
       durable_name: durable,
       filter_subject: subject,
@@ -497,11 +495,6 @@ export async function verifyTopology(nc: NatsConnection, topology: Topology, opt
 export function describeChange(change: TopologyChange): string {
   if (change.action === 'created') return `created ${change.part}`;
   return `updated ${change.part}: ${change.differences.map((d) => `${d.key} ${d.actual} → ${d.wanted}${d.setting !== undefined ? ` (${d.setting})` : ''}`).join(', ')}`;
-}
-
-/** Creates (or brings up to date) the streams, durable consumers and the buckets. Idempotent; returns what changed. */
-export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions): Promise<TopologyChange[]> {
-  return convergeTopology(nc, wantedTopology(opts));
 }
 
 /**

@@ -4,19 +4,12 @@ import type { Stage } from './events';
 import type { LockKey, Locks } from './lock';
 import type { Logger } from './logger';
 
-/** The lock a stage's run holds while its container may legitimately exist. */
-const LOCK_OF_STAGE: Record<Stage, LockKey> = {
-  transform: 'transform',
-  'load-processed': 'transform',
-  'load-viz': 'transform',
-  'model-trigger': 'model',
-  train: 'model',
-};
-
 export interface OrphanSweeperDeps {
   runner: ContainerRunner;
   locks: Locks;
+  /** The stages whose containers the service starts, and the lock their run holds while a container may exist. */
   stages: readonly Stage[];
+  lock: LockKey;
   /**
    * How long a container must go unclaimed before it is removed. Longer than a redelivery takes
    * (the ack wait), so a restarted service adopts its containers before they count as orphans.
@@ -45,13 +38,12 @@ export function createOrphanSweeper(deps: OrphanSweeperDeps): OrphanSweeper {
   async function pass(): Promise<string[]> {
     const removed: string[] = [];
     const seen = new Set<string>();
-    const holders = new Map<LockKey, string | undefined>();
-    for (const key of ['transform', 'model'] as const) holders.set(key, (await deps.locks.read(key))?.value?.runId);
+    const holder = (await deps.locks.read(deps.lock))?.value?.runId;
     for (const stage of deps.stages) {
       for (const container of await deps.runner.list({ stage })) {
         const runId = container.labels[LABELS.runId];
         seen.add(container.id);
-        if (runId !== undefined && holders.get(LOCK_OF_STAGE[stage]) === runId) {
+        if (runId !== undefined && holder === runId) {
           unclaimedSince.delete(container.id);
           continue;
         }

@@ -1,23 +1,51 @@
-import type { EventBus, HandlerResult } from './bus';
+import { elapsedMs, monotonicNow, type EventBus, type HandlerResult } from './bus';
+import type { Config } from './config';
+import { HOST_DIR_SETTINGS, type StageDefinition } from './definition';
+import { ErrorCode, StageError, describeError } from './errors';
 import type { ContainerRunner, StageResult } from './docker';
 import { readEnvFile } from './envfile';
 import type { EventBody, EventSubject, Stage } from './events';
 import type { StreamName } from './lines';
 import type { Logger } from './logger';
-import type { RecordedEvent, StepHandle } from './record';
+import type { RecordedEvent, StepHandle, StepRecord, StepRecords } from './record';
+import { msgIdFor } from './service';
 
-export interface StageRequest {
+/**
+ * What a stage's container needs that does not change from run to run: its definition resolved against the
+ * configuration, once, when the service is made.
+ */
+export interface StagePlan {
   stage: Stage;
-  runId: string;
   image: string;
   envDir: string;
   envFile: string;
   mounts: { source: string; target: string }[];
-  network?: string;
+  network: string | undefined;
   timeoutMs: number;
-  phrase?: string;
-  memoryBytes?: number;
-  signal: AbortSignal;
+  phrase: string | undefined;
+  memoryBytes: number | undefined;
+}
+
+/**
+ * A stage's plan from its definition and the configuration.
+ * @throws StageError (CONFIG_INVALID) when a host directory it mounts is not configured (validation requires it).
+ */
+export function planStage(def: StageDefinition, config: Config): StagePlan {
+  return {
+    stage: def.stage,
+    image: config.images[def.settings],
+    envDir: config.envDir,
+    envFile: def.envFile,
+    mounts: def.mounts.map(({ hostDir, target }) => {
+      const source = config.hostDirs[hostDir];
+      if (source === undefined) throw new StageError(ErrorCode.Config, `the ${def.stage} stage needs ${HOST_DIR_SETTINGS[hostDir]}`);
+      return { source, target };
+    }),
+    network: config.network,
+    timeoutMs: config.timeoutsMs[def.settings],
+    phrase: def.phrase !== undefined ? config.phrases[def.phrase] : undefined,
+    memoryBytes: config.memoryBytes[def.settings],
+  };
 }
 
 /** Batches of log lines are published once they reach this size, or after FLUSH_AFTER_MS. */
@@ -78,8 +106,8 @@ export function createLogForwarder(bus: EventBus, stage: Stage, runId: string) {
  * its life in the step's record: started (container id), exited (exit status). A redelivered step follows
  * the container its record names (never a second one) or, when the record already holds its exit, runs nothing.
  */
-export async function runContainerStage(runner: ContainerRunner, bus: EventBus, step: StepHandle, req: StageRequest): Promise<StageResult> {
-  const known = step.record.containers[req.stage];
+export async function runContainerStage(runner: ContainerRunner, bus: EventBus, step: StepHandle, plan: StagePlan, signal: AbortSignal): Promise<StageResult> {
+  const known = step.record.containers[plan.stage];
   if (known !== undefined && known.state !== 'started') {
     return {
       status: 'exited',
@@ -92,33 +120,34 @@ export async function runContainerStage(runner: ContainerRunner, bus: EventBus, 
       containerId: known.id,
     };
   }
-  const env = await readEnvFile(req.envDir, req.envFile);
-  const forwarder = createLogForwarder(bus, req.stage, req.runId);
+  const { runId } = step.record;
+  const env = await readEnvFile(plan.envDir, plan.envFile);
+  const forwarder = createLogForwarder(bus, plan.stage, runId);
   let result: StageResult;
   try {
     result = await runner.run({
-      stage: req.stage,
-      runId: req.runId,
-      image: req.image,
+      stage: plan.stage,
+      runId,
+      image: plan.image,
       env,
-      mounts: req.mounts,
-      ...(req.network !== undefined ? { network: req.network } : {}),
-      timeoutMs: req.timeoutMs,
-      ...(req.phrase !== undefined ? { phrase: req.phrase } : {}),
-      ...(req.memoryBytes !== undefined ? { memoryBytes: req.memoryBytes } : {}),
-      resume: known !== undefined,
+      mounts: plan.mounts,
+      network: plan.network,
+      timeoutMs: plan.timeoutMs,
+      phrase: plan.phrase,
+      memoryBytes: plan.memoryBytes,
+      adoptOnly: known !== undefined,
       onLines: (stream, lines) => forwarder.add(stream, lines),
-      onStarted: (c) => step.container(req.stage, { id: c.id, name: c.name, state: 'started' }),
-      signal: req.signal,
+      onStarted: (c) => step.container(plan.stage, { id: c.id, name: c.name, state: 'started' }),
+      signal,
     });
   } finally {
     await forwarder.close();
   }
   if (result.status === 'exited') {
     const { exitCode, oomKilled, timedOut, phraseFound, durationMs } = result;
-    await step.container(req.stage, {
+    await step.container(plan.stage, {
       id: result.containerId,
-      name: step.record.containers[req.stage]?.name ?? result.containerId,
+      name: step.record.containers[plan.stage]?.name ?? result.containerId,
       state: 'exited',
       exitCode,
       oomKilled,
@@ -129,6 +158,13 @@ export async function runContainerStage(runner: ContainerRunner, bus: EventBus, 
   }
   return result;
 }
+
+/**
+ * A stage's own failure (its image, container, env file, Docker, timeout: a `StageError`), which ends the step
+ * `failed`, as opposed to an error of NATS or of the run record, after which the step must not end: the message is
+ * handed back and a redelivery continues the step from its record.
+ */
+export const isStageFailure = (err: unknown): err is StageError => err instanceof StageError;
 
 /** An event for the step's end: its subject, body and the message id the stream deduplicates it by. */
 export const stepEvent = <S extends EventSubject>(subject: S, body: EventBody<S>, msgId: string): RecordedEvent => ({
@@ -195,4 +231,77 @@ export async function priorEnding(deps: FinishDeps, step: StepHandle, what: stri
     return finishStep(deps, step, record.events);
   }
   return undefined;
+}
+
+/** A stage whose container could not run: its own failure (a `StageError`: image, container, env file, Docker). */
+export interface StageNotRun {
+  status: 'failed-to-run';
+  error: string;
+}
+
+/**
+ * `runContainerStage`, with the stage's own failure as a result (`failed-to-run`, which ends the step failed).
+ * Any other error (NATS, the run record) is thrown: the message is redelivered and the step continued from its record.
+ */
+export async function runStage(
+  runner: ContainerRunner,
+  bus: EventBus,
+  step: StepHandle,
+  plan: StagePlan,
+  signal: AbortSignal,
+): Promise<StageResult | StageNotRun> {
+  try {
+    return await runContainerStage(runner, bus, step, plan, signal);
+  } catch (err) {
+    if (!isStageFailure(err)) throw err;
+    return { status: 'failed-to-run', error: describeError(err) };
+  }
+}
+
+/** A step begun for a message: its record, its logger, and the events and ending it may produce. */
+export interface Step {
+  readonly runId: string;
+  readonly handle: StepHandle;
+  /** The service's logger with the step (as `stage`) and the run id. */
+  readonly log: Logger;
+  /** An event of the run: `subject`, with the run id, deduplicated by `msgIdFor(runId, subject)`. */
+  event<S extends EventSubject>(subject: S, body: Omit<EventBody<S>, 'runId'>): RecordedEvent;
+  /** The step's `*.done` event: with the run id and the step's duration so far. */
+  done<S extends EventSubject>(subject: S, body: Omit<EventBody<S>, 'runId' | 'durationMs'>): RecordedEvent;
+  /** `finishStep` for this step. */
+  finish(events: RecordedEvent[], beforePublish?: () => Promise<unknown>): Promise<HandlerResult>;
+  /**
+   * `priorEnding` for this step: what a redelivery or a reused run id finds, or undefined when there is work to do.
+   * With `secondMessage: 'ignore'`, a message other than the one that began the step (a second data.new of the run)
+   * is logged and acknowledged instead of rejected.
+   */
+  prior(what: string, opts?: { secondMessage: 'reject' | 'ignore' }): Promise<HandlerResult | undefined>;
+}
+
+/** Opens the step's record for a message (a `reason` that is undefined is left out) and times it from now. */
+export async function beginStep(
+  deps: FinishDeps & { records: StepRecords },
+  init: Pick<StepRecord, 'runId' | 'step' | 'subject' | 'trigger'> & { reason?: string | undefined },
+): Promise<Step> {
+  const { reason, ...rest } = init;
+  const { runId } = init;
+  const started = monotonicNow();
+  const handle = await deps.records.open(reason !== undefined ? { ...rest, reason } : rest);
+  const finishDeps = { bus: deps.bus, runner: deps.runner, logger: deps.logger.child({ stage: init.step, runId }) };
+  const event = <S extends EventSubject>(subject: S, body: object) => stepEvent(subject, { runId, ...body } as EventBody<S>, msgIdFor(runId, subject));
+  return {
+    runId,
+    handle,
+    log: finishDeps.logger,
+    event,
+    done: (subject, body) => event(subject, { durationMs: elapsedMs(started), ...body }),
+    finish: (events, beforePublish) => finishStep(finishDeps, handle, events, beforePublish),
+    async prior(what, opts) {
+      if (opts?.secondMessage === 'ignore' && !handle.sameMessage) {
+        finishDeps.logger.info({ first: handle.record.trigger }, `a second ${init.subject} for a run whose ${what} already began; ignored`);
+        return 'done';
+      }
+      return priorEnding(finishDeps, handle, what);
+    },
+  };
 }

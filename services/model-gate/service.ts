@@ -1,91 +1,82 @@
-import { describeError } from '../../shared/errors';
-import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type ModelDoneEvent, type TriggerEvent } from '../../shared/events';
-import { CONSUMERS } from '../../shared/nats';
-import { failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
-import { generatedRunId, msgIdFor, consumerService, type Service, type ServiceDeps } from '../../shared/service';
-import { elapsedMs, monotonicNow, type HandlerContext, type HandlerResult } from '../../shared/bus';
+import { handOffAll, releaseAll, type Lease } from '../../shared/lock';
+import { beginStep, failureOf, planStage, runStage, type Step } from '../../shared/stage';
+import { generatedRunId, type ServiceDeps } from '../../shared/service';
+import type { Handler, HandlerContext, HandlerResult } from '../../shared/bus';
+import { decide, type GateRun, type LeaseCheck, type Verdict } from './decide';
+import { gateStage } from './definition';
+
+type ModelDoneBody = Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null };
+
+/** Whether the model lease still passes the verdict's check (see `LeaseCheck`). */
+async function leaseHolds(lease: Lease, check: LeaseCheck): Promise<boolean> {
+  if (check === 'none') return true;
+  if (lease.lost.aborted) return false;
+  return check === 'not-lost' || (await lease.confirm());
+}
 
 /**
- * On model.trigger (from the loader, or by hand), decides whether the model must be retrained:
- * the dev flags first, in the seed's order, then the gate container's log.
+ * On model.trigger (from the loader, or by hand), decides whether the model must be retrained (`decide`: the dev
+ * flags first, then the gate container's log) and acts on it: model.mismatch hands both leases on to the trainer,
+ * model.done releases them.
  */
-export function createModelGate(deps: ServiceDeps): Service {
-  const { config, bus, locks, runner, records, logger } = deps;
-  const { flags } = config;
+export function gateHandler(deps: ServiceDeps): Handler<'model.trigger'> {
+  const { config, locks } = deps;
+  const plan = planStage(gateStage, config);
 
-  async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
+  /** Runs the gate container: what it did, or the handler's answer when the step stops here. */
+  async function runGate(step: Step, modelLease: Lease, runLease: Lease | null, signal: AbortSignal): Promise<GateRun | 'handed-back' | 'done'> {
+    const result = await runStage(deps.runner, deps.bus, step.handle, plan, AbortSignal.any([signal, modelLease.lost]));
+    if (result.status === 'failed-to-run') return result;
+    if (result.status === 'handed-back' && !modelLease.lost.aborted) {
+      await handOffAll(modelLease, runLease);
+      return 'handed-back';
+    }
+    if (modelLease.lost.aborted && (await locks.heldBy('model', step.runId))) return 'done'; // another delivery of this run carries on
+    return { status: 'exited', exitCode: result.exitCode, failure: failureOf(result, plan.timeoutMs), phraseFound: result.phraseFound };
+  }
+
+  return async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
     const runId = event.runId ?? generatedRunId('m', ctx);
-    const log = logger.child({ stage: 'model-trigger', runId });
-    const started = monotonicNow();
-    const step = await records.open({ runId, step: 'model-trigger', subject: Subjects.modelTrigger, trigger: ctx.streamSequence, ...(event.reason !== undefined ? { reason: event.reason } : {}) });
-    const finishDeps = { bus, runner, logger: log };
-    const prior = await priorEnding(finishDeps, step, 'a new model run');
+    const step = await beginStep(deps, { runId, step: 'model-trigger', subject: Subjects.modelTrigger, trigger: ctx.streamSequence, reason: event.reason });
+    const { log } = step;
+    const prior = await step.prior('a new model run');
     if (prior !== undefined) return prior;
 
     const modelLease = await locks.acquire('model', runId, 'model-trigger', { trigger: ctx.streamSequence });
-    // The run's transform lock, when this model step belongs to a transform run; taken only after the
-    // model lock, so a redelivered trigger never takes it from the trainer.
-    const runLease = await locks.adopt('transform', runId, 'model-trigger');
+    // The run's transform lock, when this model step belongs to a transform run; taken over only after the
+    // model lock is ours, so a redelivered trigger never takes it from the trainer.
+    const runLease = await locks.takeOver('transform', runId, 'model-trigger');
 
-    const modelDone = (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }) =>
-      stepEvent(Subjects.modelDone, { runId, durationMs: elapsedMs(started), ...body }, msgIdFor(runId, Subjects.modelDone));
-    const finish = (body: Pick<ModelDoneEvent, 'outcome' | 'error'> & { exitCode?: number | null }) =>
-      finishStep(finishDeps, step, [modelDone(body)], () => Promise.all([runLease?.release(), modelLease?.release()])).then((r) => {
-        log.info({ outcome: body.outcome, error: body.error }, 'model step ended');
-        return r;
-      });
-    const train = (reason: 'mismatch' | 'forced') =>
-      finishStep(finishDeps, step, [stepEvent(Subjects.modelMismatch, { runId, reason }, msgIdFor(runId, Subjects.modelMismatch))], () =>
-        Promise.all([modelLease?.handOff(), runLease?.handOff()]),
-      ).then((r) => {
-        log.info({ reason }, 'training requested');
-        return r;
-      });
+    const finish = async (body: ModelDoneBody) => {
+      const result = await step.finish([step.done(Subjects.modelDone, body)], () => releaseAll(runLease, modelLease));
+      log.info({ outcome: body.outcome, error: body.error }, 'model step ended');
+      return result;
+    };
+    const act = async (verdict: Verdict) => {
+      if (verdict.action === 'end') {
+        const { outcome, exitCode, error } = verdict;
+        return finish({ outcome, ...(exitCode !== undefined ? { exitCode } : {}), ...(error !== undefined ? { error } : {}) });
+      }
+      const result = await step.finish([step.event(Subjects.modelMismatch, { reason: verdict.reason })], () => handOffAll(modelLease, runLease));
+      log.info({ reason: verdict.reason }, 'training requested');
+      return result;
+    };
 
     if (modelLease === null) {
       const holder = await locks.read('model');
       return finish({ outcome: 'busy', exitCode: null, error: `model run ${holder?.value?.runId ?? 'unknown'} is still in progress` });
     }
-    if (flags.devSkipTrigger && !flags.devForceTraining) return train('forced');
-    if (flags.devSkipModel && !flags.devForceTraining) return finish({ outcome: 'skipped' });
+    const before = decide(config.flags, { status: 'not-run' });
+    if (before.action !== 'run-gate') return act(before);
 
-    let result;
-    try {
-      result = await runContainerStage(runner, bus, step, {
-        stage: 'model-trigger',
-        runId,
-        image: config.images.modelTrigger,
-        envDir: config.envDir,
-        envFile: ENV_FILES.modelTrigger,
-        mounts: [],
-        ...(config.network !== undefined ? { network: config.network } : {}),
-        timeoutMs: config.timeoutsMs.modelTrigger,
-        ...(config.memoryBytes.modelTrigger !== undefined ? { memoryBytes: config.memoryBytes.modelTrigger } : {}),
-        phrase: config.phrases.mismatch,
-        signal: AbortSignal.any([ctx.signal, modelLease.lost]),
-      });
-    } catch (err) {
-      if (flags.devForceTraining) {
-        log.warn({ err: describeError(err) }, 'gate container failed; DEV_FORCE_TRAINING trains anyway');
-        return train('forced');
-      }
-      return finish({ outcome: 'failed', exitCode: null, error: describeError(err) });
+    const gate = await runGate(step, modelLease, runLease, ctx.signal);
+    if (gate === 'handed-back' || gate === 'done') return gate;
+    const verdict = decide(config.flags, gate);
+    if (gate.status === 'failed-to-run' && verdict.action === 'train') log.warn({ err: gate.error }, 'gate container failed; DEV_FORCE_TRAINING trains anyway');
+    if (gate.status === 'exited' && !(await leaseHolds(modelLease, verdict.check))) {
+      return finish({ outcome: 'failed', exitCode: gate.exitCode, error: gate.failure ?? 'the model lock was lost during the gate (its lease expired)' });
     }
-    if (result.status === 'handed-back' && !modelLease.lost.aborted) {
-      await Promise.all([modelLease.handOff(), runLease?.handOff()]);
-      return 'handed-back';
-    }
-    if (modelLease.lost.aborted && (await locks.heldBy('model', runId))) return 'done'; // another delivery of this run carries on
-    if (flags.devForceTraining && !modelLease.lost.aborted) return train('forced');
-    const failure = failureOf(result, config.timeoutsMs.modelTrigger);
-    if (failure !== undefined) return finish({ outcome: 'failed', exitCode: result.exitCode, error: failure });
-    if (modelLease.lost.aborted || !(await modelLease.confirm())) {
-      return finish({ outcome: 'failed', exitCode: result.exitCode, error: 'the model lock was lost during the gate (its lease expired)' });
-    }
-    if (result.phraseFound) return train('mismatch');
-    return finish({ outcome: 'up-to-date', exitCode: result.exitCode });
-  }
-
-  return consumerService(bus, 'model-gate', CONSUMERS.modelGate.durable, Subjects.modelTrigger, handle);
+    return act(verdict);
+  };
 }

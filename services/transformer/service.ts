@@ -1,61 +1,40 @@
-import { describeError } from '../../shared/errors';
-import { ENV_FILES } from '../../shared/envfile';
 import { Subjects, type EventBody, type TriggerEvent } from '../../shared/events';
-import { CONSUMERS } from '../../shared/nats';
-import { failureOf, finishStep, priorEnding, runContainerStage, stepEvent } from '../../shared/stage';
-import { generatedRunId, msgIdFor, hostDirs, consumerService, type Service, type ServiceDeps } from '../../shared/service';
-import { elapsedMs, monotonicNow, type HandlerContext, type HandlerResult } from '../../shared/bus';
+import { beginStep, failureOf, planStage, runStage } from '../../shared/stage';
+import { generatedRunId, type ServiceDeps } from '../../shared/service';
+import type { Handler, HandlerContext, HandlerResult } from '../../shared/bus';
+import { transformStage } from './definition';
+
+type TransformDone = Omit<EventBody<'transform.done'>, 'runId' | 'durationMs'>;
 
 /**
  * Runs the transform container on each transform.trigger. The transform lock it takes spans the
  * whole run: on new data it is handed to the loader, which hands it on to the model step.
  */
-export function createTransformer(deps: ServiceDeps): Service {
-  const { config, bus, locks, runner, records, logger } = deps;
-  const { aws, processed, viz } = hostDirs(config, 'transformer');
+export function transformerHandler(deps: ServiceDeps): Handler<'transform.trigger'> {
+  const { config, locks } = deps;
+  const plan = planStage(transformStage, config);
 
-  async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
+  return async function handle(event: TriggerEvent, ctx: HandlerContext): Promise<HandlerResult> {
     const runId = event.runId ?? generatedRunId('t', ctx);
-    const log = logger.child({ stage: 'transform', runId });
-    const started = monotonicNow();
-    const step = await records.open({ runId, step: 'transform', subject: Subjects.transformTrigger, trigger: ctx.streamSequence, ...(event.reason !== undefined ? { reason: event.reason } : {}) });
-    const finish = { bus, runner, logger: log };
-    const prior = await priorEnding(finish, step, 'a new transform run');
+    const step = await beginStep(deps, { runId, step: 'transform', subject: Subjects.transformTrigger, trigger: ctx.streamSequence, reason: event.reason });
+    const prior = await step.prior('a new transform run');
     if (prior !== undefined) return prior;
-    const done = (body: Omit<EventBody<'transform.done'>, 'runId' | 'durationMs'>) =>
-      stepEvent(Subjects.transformDone, { runId, durationMs: elapsedMs(started), ...body }, msgIdFor(runId, Subjects.transformDone));
+    const { log } = step;
+    const done = (body: TransformDone) => step.done(Subjects.transformDone, body);
 
     // A redelivery of this trigger takes back its own run's lock; any other trigger needs it free.
     const lease = await locks.acquire('transform', runId, 'transform', { trigger: ctx.streamSequence });
     if (lease === null) {
       const holder = await locks.read('transform');
       log.info({ heldBy: holder?.value?.runId }, 'transform run in progress; trigger ends busy');
-      return finishStep(finish, step, [done({ outcome: 'busy', exitCode: null, error: `run ${holder?.value?.runId ?? 'unknown'} is still in progress` })]);
+      return step.finish([done({ outcome: 'busy', exitCode: null, error: `run ${holder?.value?.runId ?? 'unknown'} is still in progress` })]);
     }
     log.info({ reason: event.reason }, 'transform run started');
 
-    let result;
-    try {
-      result = await runContainerStage(runner, bus, step, {
-        stage: 'transform',
-        runId,
-        image: config.images.transform,
-        envDir: config.envDir,
-        envFile: ENV_FILES.transform,
-        mounts: [
-          { source: aws, target: '/app/.aws' },
-          { source: processed, target: '/app/processed' },
-          { source: viz, target: '/app/viz' },
-        ],
-        ...(config.network !== undefined ? { network: config.network } : {}),
-        timeoutMs: config.timeoutsMs.transform,
-        ...(config.memoryBytes.transform !== undefined ? { memoryBytes: config.memoryBytes.transform } : {}),
-        phrase: config.phrases.newData,
-        signal: AbortSignal.any([ctx.signal, lease.lost]),
-      });
-    } catch (err) {
-      log.error({ err: describeError(err) }, 'transform stage failed');
-      return finishStep(finish, step, [done({ outcome: 'failed', exitCode: null, error: describeError(err) })], () => lease.release());
+    const result = await runStage(deps.runner, deps.bus, step.handle, plan, AbortSignal.any([ctx.signal, lease.lost]));
+    if (result.status === 'failed-to-run') {
+      log.error({ err: result.error }, 'transform stage failed');
+      return step.finish([done({ outcome: 'failed', exitCode: null, error: result.error })], () => lease.release());
     }
     if (result.status === 'handed-back' && !lease.lost.aborted) {
       await lease.handOff();
@@ -63,21 +42,14 @@ export function createTransformer(deps: ServiceDeps): Service {
     }
     if (lease.lost.aborted || !(await lease.confirm())) {
       if (await locks.heldBy('transform', runId)) return 'done'; // another delivery of this run took over and carries on
-      return finishStep(finish, step, [done({ outcome: 'failed', exitCode: result.exitCode, error: 'the transform lock was lost during the run (its lease expired)' })]);
+      return step.finish([done({ outcome: 'failed', exitCode: result.exitCode, error: 'the transform lock was lost during the run (its lease expired)' })]);
     }
-    const failure = failureOf(result, config.timeoutsMs.transform);
+    const failure = failureOf(result, plan.timeoutMs);
     if (failure !== undefined || !result.phraseFound) {
       const body = failure !== undefined ? { outcome: 'failed' as const, exitCode: result.exitCode, error: failure } : { outcome: 'no-new-data' as const, exitCode: result.exitCode };
-      return finishStep(finish, step, [done(body)], () => lease.release());
+      return step.finish([done(body)], () => lease.release());
     }
     // The lease is handed off before data.new: the loader takes it over from here.
-    return finishStep(
-      finish,
-      step,
-      [done({ outcome: 'new-data', exitCode: result.exitCode }), stepEvent(Subjects.dataNew, { runId }, msgIdFor(runId, Subjects.dataNew))],
-      () => lease.handOff(),
-    );
-  }
-
-  return consumerService(bus, 'transformer', CONSUMERS.transformer.durable, Subjects.transformTrigger, handle);
+    return step.finish([done({ outcome: 'new-data', exitCode: result.exitCode }), step.event(Subjects.dataNew, {})], () => lease.handOff());
+  };
 }

@@ -1,32 +1,63 @@
+/**
+ * The composition root: the one place that reads the configuration for named services, builds the NATS connection,
+ * the Docker client and each service's dependencies from the definitions (`SERVICES`), and starts them.
+ * `brain service`, `brain up`, the tests and the bench all start services through `runServices`.
+ */
+
 import { hostname } from 'node:os';
 import type { DestinationStream } from 'pino';
 import type Docker from 'dockerode';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { Svcm, type Service as MicroService } from '@nats-io/services';
 import { createEventBus } from '../shared/bus';
-import type { Config, ServiceName } from '../shared/config';
+import { parseConfig, type Config } from '../shared/config';
+import { contendedLocksOf } from '../shared/definition';
 import { createContainerRunner, createDockerClient } from '../shared/docker';
 import { createLocks, type Locks } from '../shared/lock';
 import { createStepRecords } from '../shared/record';
 import { createLogger } from '../shared/logger';
-import { connectNats, deploymentId, describeChange, lockStore, openRuns, topologyOptions, verifyTopology, wantedTopology } from '../shared/nats';
+import {
+  connectNats,
+  convergeTopology,
+  deploymentId,
+  describeChange,
+  lockStore,
+  openRuns,
+  topologyOf,
+  topologyOptions,
+  verifyTopology,
+  type Topology,
+  type TopologyChange,
+  type TopologyOptions,
+} from '../shared/nats';
 import { createMetrics, type Metrics } from '../shared/metrics';
 import { startHealthServer, type HealthServer } from '../shared/health';
-import { Svcm, type Service as MicroService } from '@nats-io/services';
-import { STAGES_OF_SERVICE, type Service, type ServiceDeps } from '../shared/service';
+import type { Service } from '../shared/service';
 import { createOrphanSweeper, type OrphanSweeper } from '../shared/orphans';
-import { createScheduler } from '../services/scheduler/service';
-import { createTransformer } from '../services/transformer/service';
-import { createLoader } from '../services/loader/service';
-import { createModelGate } from '../services/model-gate/service';
-import { createTrainer } from '../services/trainer/service';
+import { SERVICES, definitionOf, type ServiceName } from './index';
 
-export const SERVICE_FACTORIES: Record<ServiceName, (deps: ServiceDeps) => Service> = {
-  scheduler: createScheduler,
-  transformer: createTransformer,
-  loader: createLoader,
-  'model-gate': createModelGate,
-  trainer: createTrainer,
-};
+/**
+ * Validates the environment for the named services and reports every problem at once.
+ * @throws ConfigError listing each problem, one per line.
+ */
+export const loadConfig = (given: NodeJS.ProcessEnv, names: readonly ServiceName[]): Config => parseConfig(given, names.map(definitionOf));
+
+/**
+ * The topology the configuration wants. `names` narrows it to what those services use (the streams, the buckets
+ * and their own consumers), which is also all their NATS users may read; `brain setup` takes all of it.
+ */
+export function wantedTopology(opts: TopologyOptions, names: readonly ServiceName[] | 'all' = 'all'): Topology {
+  const used = names === 'all' ? SERVICES : names.map(definitionOf);
+  return topologyOf(
+    opts,
+    used.flatMap((d) => (d.consumes !== undefined ? [d.consumes] : [])),
+  );
+}
+
+/** Creates (or brings up to date) the streams, every durable consumer and the buckets. Idempotent; returns what changed. */
+export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions): Promise<TopologyChange[]> {
+  return convergeTopology(nc, wantedTopology(opts));
+}
 
 /** How long a lock winner waits before confirming its write on a replicated bucket (see `createLocks`). */
 const LOCK_SETTLE_MS = 200;
@@ -74,7 +105,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
     instance = await deploymentId(nc);
     const holder = `${label}@${hostname()}:${process.pid}`;
     const docker = opts.docker ?? createDockerClient(config.dockerHost);
-    const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics });
+    const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics, contendedLocks: contendedLocksOf(SERVICES) });
     const runsKv = await openRuns(nc);
     for (const name of names) {
       const serviceLogger = logger.child({ service: name });
@@ -96,11 +127,19 @@ export async function runServices(names: readonly ServiceName[], config: Config,
       });
       allLocks.push(locks);
       const records = createStepRecords({ kv: runsKv, logger: serviceLogger });
-      const service = SERVICE_FACTORIES[name]({ config, bus, locks, runner, records, logger: serviceLogger });
+      const definition = definitionOf(name);
+      const service = await definition.create({ config, bus, locks, runner, records, logger: serviceLogger });
       await service.start();
       services.push(service);
-      if (STAGES_OF_SERVICE[name].length > 0) {
-        const sweeper = createOrphanSweeper({ runner, locks, stages: STAGES_OF_SERVICE[name], graceMs: 2 * config.ackWaitMs + config.lockTtlMs, logger: serviceLogger });
+      if (definition.lock !== undefined && definition.stages.length > 0) {
+        const sweeper = createOrphanSweeper({
+          runner,
+          locks,
+          stages: definition.stages.map((s) => s.stage),
+          lock: definition.lock,
+          graceMs: 2 * config.ackWaitMs + config.lockTtlMs,
+          logger: serviceLogger,
+        });
         sweeper.start();
         sweepers.push(sweeper);
       }

@@ -68,7 +68,11 @@ export interface InvalidEvent {
   error: string;
 }
 
-export interface StageResult {
+/**
+ * How one step of a run ended, as the history shows it (a cell of `brain runs`). Not the runner's `StageResult`
+ * (one container's exit): the load step is two containers, the gate step's outcome may be `mismatch` or `forced`.
+ */
+export interface StepOutcome {
   outcome: string;
   durationMs?: number;
   error?: string;
@@ -82,12 +86,13 @@ export interface RunSummary {
   trigger: string;
   startedAt: string;
   lastEventAt: string;
-  stages: { transform?: StageResult; load?: StageResult; gate?: StageResult; train?: StageResult };
+  /** By step (the JSON field keeps its published name `stages`); `gate` is the model-trigger step. */
+  stages: { transform?: StepOutcome; load?: StepOutcome; gate?: StepOutcome; train?: StepOutcome };
   /** Undefined while the run is still going. */
   verdict?: Verdict;
 }
 
-const stageResult = (outcome: string, durationMs: number | undefined, error: string | undefined): StageResult => ({
+const stepOutcome = (outcome: string, durationMs: number | undefined, error: string | undefined): StepOutcome => ({
   outcome,
   ...(durationMs !== undefined ? { durationMs } : {}),
   ...(error !== undefined ? { error } : {}),
@@ -130,22 +135,22 @@ export function foldRuns(events: readonly StoredEvent[]): { runs: RunSummary[]; 
     run.lastEventAt = at;
     switch (m.subject) {
       case 'transform.done':
-        run.stages.transform = stageResult(m.event.outcome, m.event.durationMs, m.event.error);
+        run.stages.transform = stepOutcome(m.event.outcome, m.event.durationMs, m.event.error);
         break;
       case 'load.done':
-        run.stages.load = stageResult(m.event.outcome, m.event.durationMs, m.event.error);
+        run.stages.load = stepOutcome(m.event.outcome, m.event.durationMs, m.event.error);
         break;
       case 'model.trigger':
         modelTriggeredAt.set(run, Date.parse(at));
         break;
       case 'model.mismatch': {
         const since = modelTriggeredAt.get(run);
-        run.stages.gate = stageResult(m.event.reason, since !== undefined ? Date.parse(at) - since : undefined, undefined);
+        run.stages.gate = stepOutcome(m.event.reason, since !== undefined ? Date.parse(at) - since : undefined, undefined);
         break;
       }
       case 'model.done':
-        if (run.stages.gate === undefined) run.stages.gate = stageResult(m.event.outcome, m.event.durationMs, m.event.error);
-        else run.stages.train = stageResult(m.event.outcome, m.event.durationMs, m.event.error);
+        if (run.stages.gate === undefined) run.stages.gate = stepOutcome(m.event.outcome, m.event.durationMs, m.event.error);
+        else run.stages.train = stepOutcome(m.event.outcome, m.event.durationMs, m.event.error);
         break;
       default:
         break;

@@ -15,6 +15,7 @@ import { contendedLocksOf } from '../shared/definition';
 import { createContainerRunner, createDockerClient } from '../shared/docker';
 import { createLocks, type Locks } from '../shared/lock';
 import { createStepRecords } from '../shared/record';
+import { openSchedule } from '../shared/schedule';
 import { createLogger } from '../shared/logger';
 import {
   connectNats,
@@ -107,6 +108,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
     const docker = opts.docker ?? createDockerClient(config.dockerHost);
     const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics, contendedLocks: contendedLocksOf(SERVICES) });
     const runsKv = await openRuns(nc);
+    const schedule = await openSchedule(nc);
     for (const name of names) {
       const serviceLogger = logger.child({ service: name });
       const locks = createLocks({
@@ -128,7 +130,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
       allLocks.push(locks);
       const records = createStepRecords({ kv: runsKv, logger: serviceLogger });
       const definition = definitionOf(name);
-      const service = await definition.create({ config, bus, locks, runner, records, logger: serviceLogger });
+      const service = await definition.create({ config, bus, locks, runner, records, schedule, logger: serviceLogger });
       await service.start();
       services.push(service);
       if (definition.lock !== undefined && definition.stages.length > 0) {

@@ -97,6 +97,8 @@ const schema = z.object({
   ACK_WAIT: seconds(30),
   HEALTH_PORT: z.coerce.number({ message: 'must be a port number' }).int().min(0).max(65535).default(8080),
   HEALTH_HOST: z.string().default('0.0.0.0'),
+  WEB_PORT: z.coerce.number({ message: 'must be a port number' }).int().min(0).max(65535).default(8088),
+  WEB_HOST: z.string().default('127.0.0.1'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -133,6 +135,8 @@ export interface Config {
   logLevel: Raw['LOG_LEVEL'];
   /** `/healthz` and `/metrics`; port 0 picks a free port. */
   health: { port: number; host: string };
+  /** The web service's HTTP API and dashboard (WEB_PORT, WEB_HOST); port 0 picks a free port. */
+  web: { port: number; host: string };
 }
 
 /**
@@ -204,6 +208,7 @@ export function parseConfig(given: NodeJS.ProcessEnv, services: readonly ConfigN
     ackWaitMs: raw.ACK_WAIT * 1000,
     logLevel: raw.LOG_LEVEL,
     health: { port: raw.HEALTH_PORT, host: raw.HEALTH_HOST },
+    web: { port: raw.WEB_PORT, host: raw.WEB_HOST },
   };
 }
 

@@ -18,6 +18,7 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { Config } from './config';
 import type { EventSubject } from './events';
 import { BrainError, ErrorCode } from './errors';
+import { SCHEDULE_BUCKET, SCHEDULE_HISTORY } from './schedule';
 
 export const EVENTS_STREAM = 'BRAIN_EVENTS';
 export const LOGS_STREAM = 'BRAIN_LOGS';
@@ -227,6 +228,8 @@ export function topologyOf(opts: TopologyOptions, consumers: readonly DurableCon
     bucketPart(LOCKS_BUCKET, { history: 1, ttlMs: opts.lockTtlMs, replicas, ttlSetting: { name: 'LOCK_TTL', value: seconds(opts.lockTtlMs) }, says: 'keeps leases' }),
   ];
   parts.push(bucketPart(RUNS_BUCKET, { history: 1, ttlMs: RUNS_MAX_AGE_MS, replicas, says: 'keeps run records' }));
+  // The schedule's pause (shared/schedule.ts): no max age, a short history of who paused and resumed.
+  parts.push(bucketPart(SCHEDULE_BUCKET, { history: SCHEDULE_HISTORY, ttlMs: 0, replicas, says: 'keeps the pause' }));
   for (const { durable, subject } of consumers) {
     const config = {
       durable_name: durable,

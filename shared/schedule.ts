@@ -1,5 +1,5 @@
 import type { NatsConnection } from '@nats-io/transport-node';
-import { JetStreamApiCodes, JetStreamApiError, StorageType, jetstreamManager } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { z } from 'zod';
 
@@ -62,10 +62,4 @@ export async function openSchedule(nc: NatsConnection): Promise<ScheduleControl 
     throw err;
   }
   return scheduleControl(await new Kvm(nc).open(SCHEDULE_BUCKET, { allow_direct: direct }));
-}
-
-/** Creates the schedule bucket when it is missing (an admin's or a test's connection). */
-export async function ensureScheduleBucket(nc: NatsConnection, replicas = 1): Promise<ScheduleControl> {
-  const kv = await new Kvm(nc).create(SCHEDULE_BUCKET, { history: SCHEDULE_HISTORY, replicas, storage: StorageType.File });
-  return scheduleControl(kv);
 }

@@ -5,6 +5,7 @@ import type { ContainerRunner } from './docker';
 import type { Locks } from './lock';
 import type { Logger } from './logger';
 import type { StepRecords } from './record';
+import type { ScheduleControl } from './schedule';
 
 /** What every stage service is given by its composition root. */
 export interface ServiceDeps {
@@ -14,6 +15,8 @@ export interface ServiceDeps {
   runner: ContainerRunner;
   /** The durable record of each step of each run: what a restart reads to finish a step instead of guessing. */
   records: StepRecords;
+  /** The schedule's durable pause (null until `brain setup` created its bucket); the scheduler reads it at each tick. */
+  schedule?: ScheduleControl | null;
   logger: Logger;
 }
 

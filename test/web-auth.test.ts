@@ -4,7 +4,6 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { createLogger } from '../shared/logger';
 import { EVENTS_STREAM } from '../shared/nats';
-import { ensureScheduleBucket } from '../shared/schedule';
 import { ensureTopology } from '../services/composition-root';
 import { createWeb, type Web } from '../services/web/service';
 import { startAuthNatsServer, type AuthNatsServer, type NatsRole } from './helpers/nats-auth';
@@ -18,7 +17,6 @@ t.before(async () => {
   nats = await startAuthNatsServer();
   admin = await nats.connectAs('admin', 'test-admin');
   await ensureTopology(admin, { lockTtlMs: 90_000, ackWaitMs: 30_000 });
-  await ensureScheduleBucket(admin);
   web = createWeb({
     // The web service has no NATS identity of its own here: every request brings its person's.
     connect: ({ creds, name }) =>

@@ -4,28 +4,19 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { createEventBus } from '../shared/bus';
 import { createLogger } from '../shared/logger';
-import { ensureScheduleBucket, openSchedule } from '../shared/schedule';
-import type { Service } from '../shared/service';
-import { ensureTopology, loadConfig } from '../services/composition-root';
+import { openSchedule } from '../shared/schedule';
+import { ensureTopology, loadConfig, runServices } from '../services/composition-root';
 import { createScheduler } from '../services/scheduler/service';
 import { createWeb, type Web } from '../services/web/service';
 import { startNatsServer, type NatsServer } from '../kit/nats-server';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A scheduler replica as the composition root builds it: its own connection, bus and view of the schedule bucket. */
+/** A scheduler replica through the composition root, as `brain service scheduler` runs it: its log lines go to `lines`. */
 async function replica(url: string, name: string, lines: string[]): Promise<{ stop(): Promise<void> }> {
-  const config = loadConfig({ NATS_URL: url, TRANSFORM_SCHEDULE: '* * * * * *', LOG_LEVEL: 'info' }, ['scheduler']);
-  const nc = await connect({ servers: url, name, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
-  const logger = createLogger(name, 'info', new Writable({ write: (c: Buffer, _e, cb) => (lines.push(c.toString()), cb()) }));
-  const service: Service = createScheduler({ config, bus: createEventBus({ nc, logger, ackWaitMs: 30_000 }), logger, schedule: await openSchedule(nc) });
-  await service.start();
-  return {
-    async stop() {
-      await service.stop();
-      await nc.close();
-    },
-  };
+  const config = loadConfig({ NATS_URL: url, TRANSFORM_SCHEDULE: '* * * * * *', LOG_LEVEL: 'info', HEALTH_PORT: '0', HEALTH_HOST: '127.0.0.1' }, ['scheduler']);
+  const sink = new Writable({ write: (c: Buffer, _e, cb) => (lines.push(...c.toString().split('\n').filter((l) => l !== '').map((l) => `${name} ${l}`)), cb()) });
+  return runServices(['scheduler'], config, { logDestination: sink });
 }
 
 const webOn = async (url: string) => {
@@ -48,7 +39,6 @@ t.before(async () => {
   nats = await startNatsServer();
   const admin = await connect({ servers: nats.url, name: 'test-admin' });
   await ensureTopology(admin, { lockTtlMs: 90_000, ackWaitMs: 30_000 });
-  await ensureScheduleBucket(admin);
   await admin.close();
   observer = await connect({ servers: nats.url, name: 'test-observer', maxReconnectAttempts: -1, reconnectTimeWait: 200 });
   observer.subscribe('transform.trigger', { callback: (_e, m) => void triggers.push(m.json()) });
@@ -75,7 +65,7 @@ t.test('a pause set through the web is obeyed by two scheduler replicas, survive
   await sleep(3000);
   t.equal(scheduled().size, before, 'no scheduled trigger from either replica while paused');
   const skipped = lines.filter((l) => l.includes('the schedule is paused'));
-  t.ok(skipped.some((l) => l.includes('"service":"scheduler-a"')) && skipped.some((l) => l.includes('"service":"scheduler-b"')), 'both replicas skipped ticks');
+  t.ok(skipped.some((l) => l.startsWith('scheduler-a ')) && skipped.some((l) => l.startsWith('scheduler-b ')), 'both replicas skipped ticks');
 
   const hand = await post(web, '/api/runs', { pipeline: 'transform', reason: 'by hand while paused' });
   t.equal(hand.status, 202, 'a hand trigger goes through');

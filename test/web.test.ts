@@ -7,7 +7,6 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { createLogger } from '../shared/logger';
 import { EVENTS_STREAM } from '../shared/nats';
-import { ensureScheduleBucket } from '../shared/schedule';
 import { ensureTopology, loadConfig, runServices, type RunningServices } from '../services/composition-root';
 import { createWeb, type Web } from '../services/web/service';
 import { startNatsServer, type NatsServer } from '../kit/nats-server';
@@ -114,7 +113,6 @@ t.before(async () => {
   const config = loadConfig(env, names);
   client = await connect({ servers: nats.url, name: 'test-web' });
   await ensureTopology(client, { lockTtlMs: config.lockTtlMs, ackWaitMs: config.ackWaitMs });
-  await ensureScheduleBucket(client);
   services = await runServices(names, config, { logDestination: quiet() });
   web = createWeb({
     connect: ({ name }) => connect({ servers: nats.url, name }),

@@ -126,6 +126,17 @@ export function parseEvent<S extends EventSubject>(subject: S, body: Uint8Array)
   return { ok: true, value: result.data as EventMap[S] };
 }
 
+/** `schema.safeParse` of a text read as JSON: text that is not JSON fails like any other invalid value. */
+export function parseJson<T extends z.ZodType>(schema: T, text: string): ReturnType<T['safeParse']> {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return schema.safeParse(json) as ReturnType<T['safeParse']>;
+}
+
 /** The first bytes of a body, printable, for rejection reports. */
 export function previewOf(body: Uint8Array, max = 200): string {
   const text = Buffer.from(body.buffer, body.byteOffset, Math.min(body.byteLength, max * 4)).toString('utf8');

@@ -2,6 +2,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { z } from 'zod';
+import { parseJson } from './events';
 
 /**
  * The schedule's durable state: KV bucket `schedule`, key `paused`. No max age (a pause lasts until someone
@@ -33,13 +34,7 @@ export function scheduleControl(kv: KV): ScheduleControl {
     async read() {
       const entry = await kv.get(PAUSE_KEY);
       if (entry === null || entry.operation !== 'PUT') return { paused: false, at: new Date(0).toISOString(), revision: 0 };
-      let json: unknown;
-      try {
-        json = JSON.parse(entry.string());
-      } catch {
-        json = undefined;
-      }
-      const parsed = PauseState.safeParse(json);
+      const parsed = parseJson(PauseState, entry.string());
       if (!parsed.success) return { paused: true, at: entry.created.toISOString(), revision: entry.revision };
       return { ...parsed.data, revision: entry.revision };
     },

@@ -4,7 +4,7 @@ import { Kvm } from '@nats-io/kv';
 import { Svcm, type ServiceInfo } from '@nats-io/services';
 import { SERVICE_NAMES } from '../../services/index';
 import { describeError } from '../../shared/errors';
-import { Subjects } from '../../shared/events';
+import { Subjects, parseJson } from '../../shared/events';
 import { LeaseValue } from '../../shared/lock';
 import { EVENTS_STREAM, LOCKS_BUCKET } from '../../shared/nats';
 import { withClient } from '../client';
@@ -75,13 +75,7 @@ async function locks(nc: NatsConnection): Promise<LockStatus[]> {
     const entry = entries[i];
     if (entry === null || entry === undefined || entry.operation !== 'PUT') return { key, held: false };
     const refreshedMsAgo = Date.now() - entry.created.getTime();
-    let json: unknown;
-    try {
-      json = JSON.parse(entry.string());
-    } catch {
-      json = undefined;
-    }
-    const value = LeaseValue.safeParse(json);
+    const value = parseJson(LeaseValue, entry.string());
     if (!value.success) return { key, held: true, refreshedMsAgo, invalid: `unreadable lease value: ${entry.string().slice(0, 80)}` };
     return { key, held: true, runId: value.data.runId, holder: value.data.holder, stage: value.data.stage, refreshedMsAgo };
   });

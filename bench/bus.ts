@@ -40,11 +40,11 @@ async function publishToConsume(nc: NatsConnection, count: number): Promise<numb
   const sent = new Map<string, number>();
   const samples: number[] = [];
   let next: (() => void) | undefined;
-  const sub = await bus.consume(CONSUMERS.trainer.durable, 'model.mismatch', async (event) => {
+  const sub = await bus.consume(CONSUMERS.trainer.durable, 'model.mismatch', (event) => {
     const t0 = sent.get(event.runId);
     if (t0 !== undefined) samples.push(performance.now() - t0);
     next?.();
-    return 'done';
+    return Promise.resolve('done' as const);
   });
   for (let i = 0; i < count; i++) {
     const runId = newRunId();

@@ -40,9 +40,34 @@ interface StageRun {
 function chainStages(p: ClusterPipeline): Record<'transform' | 'loadProcessed' | 'loadViz' | 'gate' | 'train', StageRun> {
   const { aws, processed, viz } = p.dirs;
   return {
-    transform: { stage: 'transform', envFile: 'transform', image: TEST_IMAGES.transform, mounts: [[aws, '/app/.aws'], [processed, '/app/processed'], [viz, '/app/viz']] },
-    loadProcessed: { stage: 'load-processed', envFile: 'loadProcessed', image: TEST_IMAGES.load, mounts: [[processed, '/app/collect_point'], [aws, '/root/.aws']] },
-    loadViz: { stage: 'load-viz', envFile: 'loadViz', image: TEST_IMAGES.load, mounts: [[viz, '/app/collect_point'], [aws, '/root/.aws']] },
+    transform: {
+      stage: 'transform',
+      envFile: 'transform',
+      image: TEST_IMAGES.transform,
+      mounts: [
+        [aws, '/app/.aws'],
+        [processed, '/app/processed'],
+        [viz, '/app/viz'],
+      ],
+    },
+    loadProcessed: {
+      stage: 'load-processed',
+      envFile: 'loadProcessed',
+      image: TEST_IMAGES.load,
+      mounts: [
+        [processed, '/app/collect_point'],
+        [aws, '/root/.aws'],
+      ],
+    },
+    loadViz: {
+      stage: 'load-viz',
+      envFile: 'loadViz',
+      image: TEST_IMAGES.load,
+      mounts: [
+        [viz, '/app/collect_point'],
+        [aws, '/root/.aws'],
+      ],
+    },
     gate: { stage: 'model-trigger', envFile: 'modelTrigger', image: TEST_IMAGES.modelTrigger, mounts: [] },
     train: { stage: 'train', envFile: 'train', image: TEST_IMAGES.train, mounts: [[aws, '/root/.aws']] },
   };

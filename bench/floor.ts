@@ -26,7 +26,10 @@ export interface FloorResult {
 }
 
 async function created(name: string, cmd: string[], network: FloorNetwork = 'bridge') {
-  await docker.getContainer(name).remove({ force: true }).catch(() => undefined);
+  await docker
+    .getContainer(name)
+    .remove({ force: true })
+    .catch(() => undefined);
   return docker.createContainer({
     name,
     Image: TEST_IMAGES.load,
@@ -51,7 +54,7 @@ async function startAlone(network: FloorNetwork): Promise<number> {
 /** Resolves at the container's `die` event (subscribed before it starts). */
 async function dieEvent(id: string): Promise<{ died: Promise<number>; close(): void }> {
   const abort = new AbortController();
-  const stream = (await docker.getEvents({ filters: JSON.stringify({ container: [id], event: ['die'] }), abortSignal: abort.signal })) as NodeJS.ReadableStream;
+  const stream = await docker.getEvents({ filters: JSON.stringify({ container: [id], event: ['die'] }), abortSignal: abort.signal });
   const died = new Promise<number>((resolve) => stream.once('data', () => resolve(performance.now())));
   stream.on('error', () => undefined); // the abort below
   return { died, close: () => abort.abort() };
@@ -63,7 +66,10 @@ async function dieEvent(id: string): Promise<{ died: Promise<number>; close(): v
  */
 async function hop(startAt: 'die' | 'wait' | 'removed'): Promise<number> {
   const first = await created(`brain-floor-${RUN_PREFIX}a`, ['true']);
-  await docker.getContainer(`brain-floor-${RUN_PREFIX}b`).remove({ force: true }).catch(() => undefined);
+  await docker
+    .getContainer(`brain-floor-${RUN_PREFIX}b`)
+    .remove({ force: true })
+    .catch(() => undefined);
   const watch = await dieEvent(first.id);
   try {
     await first.start();

@@ -12,7 +12,7 @@ export function serviceMemory(p: ClusterPipeline): Record<string, { rssKb: numbe
   return out;
 }
 
-const UNITS: Record<string, number> = { B: 1 / 1024, KiB: 1, MiB: 1024, GiB: 1024 * 1024, kB: 1000 / 1024, MB: 1000 * 1000 / 1024, GB: 1e9 / 1024 };
+const UNITS: Record<string, number> = { B: 1 / 1024, KiB: 1, MiB: 1024, GiB: 1024 * 1024, kB: 1000 / 1024, MB: (1000 * 1000) / 1024, GB: 1e9 / 1024 };
 
 /** `12.5MiB` → kB. */
 function parseMem(text: string): number {

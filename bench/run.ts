@@ -101,7 +101,9 @@ async function pipelineSections(): Promise<void> {
       log(`   service hops: ${r.serviceHops.dieToStart.map((h) => h.toFixed(0)).join(' ')}`);
       log(`   shell hops:   ${r.shellHops.dieToStart.map((h) => h.toFixed(0)).join(' ')}`);
       log(`   API hops:     ${r.apiHops.dieToStart.map((h) => h.toFixed(0)).join(' ')}`);
-      log(`   destroy→hand-off: ${r.serviceHops.destroyToHandOff.map((h) => h.toFixed(0)).join(' ')}; hand-off→create: ${r.serviceHops.handOffToCreate.map((h) => h.toFixed(0)).join(' ')}`);
+      log(
+        `   destroy→hand-off: ${r.serviceHops.destroyToHandOff.map((h) => h.toFixed(0)).join(' ')}; hand-off→create: ${r.serviceHops.handOffToCreate.map((h) => h.toFixed(0)).join(' ')}`,
+      );
     }
     if (cfg.sections.has('floor')) {
       log(`2. floor: ${cfg.reps * 2} runs of each Docker-only probe`);
@@ -123,7 +125,9 @@ async function pipelineSections(): Promise<void> {
       row(`3. scan ${cfg.logBytes / MB} MB log vs docker logs -f → grep, median`, ms(ours), ms(base), ours / base, '≤ 1.05x', ours / base <= 1.05);
       const attach = median(r.attachMs);
       row(`3. scan ${cfg.logBytes / MB} MB log vs docker run → grep (attach), median`, ms(ours), ms(attach), ours / attach, '');
-      log(`   service ${r.serviceMs.map((x) => x.toFixed(0)).join(' ')}; logs -f ${r.baselineMs.map((x) => x.toFixed(0)).join(' ')}; attach ${r.attachMs.map((x) => x.toFixed(0)).join(' ')}`);
+      log(
+        `   service ${r.serviceMs.map((x) => x.toFixed(0)).join(' ')}; logs -f ${r.baselineMs.map((x) => x.toFixed(0)).join(' ')}; attach ${r.attachMs.map((x) => x.toFixed(0)).join(' ')}`,
+      );
     }
     if (cfg.sections.has('memory')) {
       log(`3. log memory: ${cfg.memBytes / MB} MB`);
@@ -135,16 +139,40 @@ async function pipelineSections(): Promise<void> {
       log(`6. load: ${cfg.loadBatches} batches of ${cfg.triggers} triggers`);
       const r = await benchLoad(p, cfg.triggers, cfg.loadBatches);
       row(`6. ${cfg.triggers} triggers, transform.done/s (median of batches)`, `${median(r.throughput).toFixed(0)}/s`, '', undefined, '');
-      row('6. outcomes (all batches)', Object.entries(r.outcomes).map(([k, v]) => `${k} ${v}`).join(', '), '', undefined, '');
-      log(`   after each batch: RSS ${r.samples.map((s) => mb(s.rssKb)).join(', ')}; heap ${r.samples.map((s) => mb(s.heapUsedBytes / 1024)).join(', ')}; fds ${r.samples.map((s) => s.fds).join(', ')}`);
+      row(
+        '6. outcomes (all batches)',
+        Object.entries(r.outcomes)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', '),
+        '',
+        undefined,
+        '',
+      );
+      log(
+        `   after each batch: RSS ${r.samples.map((s) => mb(s.rssKb)).join(', ')}; heap ${r.samples.map((s) => mb(s.heapUsedBytes / 1024)).join(', ')}; fds ${r.samples.map((s) => s.fds).join(', ')}`,
+      );
       // Batch 1 warms up (JIT, pools); growth is judged from the middle batch to the last.
       const mid = r.samples[Math.ceil(r.samples.length / 2)];
       const last = r.samples[r.samples.length - 1];
       if (mid !== undefined && last !== undefined && r.samples.length > 2) {
         const idle = r.samples[0];
         const heapGrowth = (last.heapUsedBytes - mid.heapUsedBytes) / MB;
-        row('6. transformer V8 heap after GC, mid → last batch', `${(mid.heapUsedBytes / MB).toFixed(1)} → ${(last.heapUsedBytes / MB).toFixed(1)} MB`, `idle ${((idle?.heapUsedBytes ?? 0) / MB).toFixed(1)} MB`, undefined, 'no growth (< 2 MB)', heapGrowth < 2);
-        row('6. transformer RSS, mid → last batch', `${mb(mid.rssKb)} → ${mb(last.rssKb)}`, `idle ${mb(idle?.rssKb ?? 0)}`, undefined, 'no growth (< 5 MB)', last.rssKb - mid.rssKb < 5 * 1024);
+        row(
+          '6. transformer V8 heap after GC, mid → last batch',
+          `${(mid.heapUsedBytes / MB).toFixed(1)} → ${(last.heapUsedBytes / MB).toFixed(1)} MB`,
+          `idle ${((idle?.heapUsedBytes ?? 0) / MB).toFixed(1)} MB`,
+          undefined,
+          'no growth (< 2 MB)',
+          heapGrowth < 2,
+        );
+        row(
+          '6. transformer RSS, mid → last batch',
+          `${mb(mid.rssKb)} → ${mb(last.rssKb)}`,
+          `idle ${mb(idle?.rssKb ?? 0)}`,
+          undefined,
+          'no growth (< 5 MB)',
+          last.rssKb - mid.rssKb < 5 * 1024,
+        );
         row('6. transformer open fds, mid → last batch', `${mid.fds} → ${last.fds}`, `idle ${idle?.fds ?? 0}`, undefined, 'no growth', last.fds <= mid.fds);
       }
     }
@@ -178,7 +206,16 @@ async function main(): Promise<void> {
       log('5. footprint: compose stack');
       const stats = await composeFootprint();
       const total = Object.values(stats).reduce((a, b) => a + b, 0);
-      row('5. compose stack, docker stats sum', mb(total), Object.entries(stats).map(([k, v]) => `${k} ${(v / 1024).toFixed(0)}`).join(', '), undefined, '< 400 MB', total < 400 * 1024);
+      row(
+        '5. compose stack, docker stats sum',
+        mb(total),
+        Object.entries(stats)
+          .map(([k, v]) => `${k} ${(v / 1024).toFixed(0)}`)
+          .join(', '),
+        undefined,
+        '< 400 MB',
+        total < 400 * 1024,
+      );
     }
   } finally {
     await removeBenchContainers();

@@ -24,13 +24,28 @@ const ENDINGS: Record<Step, { subject: string; body: Record<string, unknown> }[]
     { subject: 'data.new', body: {} },
   ],
   load: [
-    { subject: 'load.done', body: { outcome: 'loaded', loads: [{ target: 'processed', outcome: 'loaded', exitCode: 0 }, { target: 'viz', outcome: 'loaded', exitCode: 0 }], durationMs: 1000 } },
+    {
+      subject: 'load.done',
+      body: {
+        outcome: 'loaded',
+        loads: [
+          { target: 'processed', outcome: 'loaded', exitCode: 0 },
+          { target: 'viz', outcome: 'loaded', exitCode: 0 },
+        ],
+        durationMs: 1000,
+      },
+    },
     { subject: 'model.trigger', body: { reason: 'loaded' } },
   ],
   'model-trigger': [{ subject: 'model.mismatch', body: { reason: 'mismatch' } }],
   train: [{ subject: 'model.done', body: { outcome: 'trained', exitCode: 0, durationMs: 500 } }],
 };
-const CONTAINER: Record<Step, 'transform' | 'load-processed' | 'model-trigger' | 'train'> = { transform: 'transform', load: 'load-processed', 'model-trigger': 'model-trigger', train: 'train' };
+const CONTAINER: Record<Step, 'transform' | 'load-processed' | 'model-trigger' | 'train'> = {
+  transform: 'transform',
+  load: 'load-processed',
+  'model-trigger': 'model-trigger',
+  train: 'train',
+};
 
 async function main(): Promise<void> {
   const total = arg('runs', 10_000);
@@ -58,7 +73,11 @@ async function main(): Promise<void> {
         }),
       );
     }
-    const web = createWeb({ connect: ({ name }) => connect({ servers: nats.url, name }), logger: createLogger('web', 'silent'), config: { host: '127.0.0.1', port: 0, transformSchedule: '0 * * * *' } });
+    const web = createWeb({
+      connect: ({ name }) => connect({ servers: nats.url, name }),
+      logger: createLogger('web', 'silent'),
+      config: { host: '127.0.0.1', port: 0, transformSchedule: '0 * * * *' },
+    });
     await web.start();
     const measure = async (): Promise<number> => {
       const times: number[] = [];

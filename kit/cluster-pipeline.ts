@@ -237,7 +237,11 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq?: number }> 
         clearTimeout(timer);
       }),
     );
-    for (const c of await this.containers(this.runIds)) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+    for (const c of await this.containers(this.runIds))
+      await docker
+        .getContainer(c.Id)
+        .remove({ force: true })
+        .catch(() => undefined);
     for (const sub of this.subs) sub.unsubscribe();
     this.messages?.stop();
     this.watch?.stop();

@@ -75,11 +75,7 @@ export const natsUserName = (user: ComposeNatsUser): string => (user === 'modelG
  * password for each NATS user set through its variable, or with `'generated'` none set, so that the stack
  * makes its own (read them with `project.natsPasswords()`). `env` adds or overrides variables.
  */
-export function localComposeProject(
-  namePrefix: string,
-  dirs: RunDirs,
-  env?: Record<string, string>,
-): { project: ComposeProject; passwords: Record<ComposeNatsUser, string> };
+export function localComposeProject(namePrefix: string, dirs: RunDirs, env?: Record<string, string>): { project: ComposeProject; passwords: Record<ComposeNatsUser, string> };
 export function localComposeProject(namePrefix: string, dirs: RunDirs, env: Record<string, string>, passwords: 'generated'): { project: ComposeProject };
 export function localComposeProject(
   namePrefix: string,
@@ -88,12 +84,8 @@ export function localComposeProject(
   mode: 'set' | 'generated' = 'set',
 ): { project: ComposeProject; passwords?: Record<ComposeNatsUser, string> } {
   // nats-server parses an interpolated value as a config value: a password must start with a letter.
-  const passwords = Object.fromEntries(Object.keys(NATS_USERS).map((user) => [user, `p${randomBytes(12).toString('hex')}`])) as Record<
-    ComposeNatsUser,
-    string
-  >;
-  const passwordEnv =
-    mode === 'set' ? Object.fromEntries(Object.entries(NATS_USERS).map(([user, variable]) => [variable, passwords[user as ComposeNatsUser]])) : {};
+  const passwords = Object.fromEntries(Object.keys(NATS_USERS).map((user) => [user, `p${randomBytes(12).toString('hex')}`])) as Record<ComposeNatsUser, string>;
+  const passwordEnv = mode === 'set' ? Object.fromEntries(Object.entries(NATS_USERS).map(([user, variable]) => [variable, passwords[user as ComposeNatsUser]])) : {};
   const project = new ComposeProject(`${namePrefix}${randomBytes(4).toString('hex')}`, {
     BRAIN_IMAGE: BRAIN_TEST_IMAGE,
     NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
@@ -135,7 +127,7 @@ export class ComposeProject {
       return stdout;
     } catch (err) {
       const { stderr, message } = err as { stderr?: string; message: string };
-      throw new Error(`${[cli, ...pre, ...args].join(' ')} failed: ${stderr ?? message}`);
+      throw new Error(`${[cli, ...pre, ...args].join(' ')} failed: ${stderr ?? message}`, { cause: err });
     }
   }
 

@@ -88,6 +88,10 @@ export class EventLog<E extends RecordedEvent = RecordedEvent> {
   /** Lines the stand-in images recorded at each container start (`<name>-starts.log` in the AWS dir). */
   starts(name: 'transform' | 'load' | 'train'): string[] {
     const file = join(this.awsDir, `${name}-starts.log`);
-    return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter((l) => l !== '') : [];
+    return existsSync(file)
+      ? readFileSync(file, 'utf8')
+          .split('\n')
+          .filter((l) => l !== '')
+      : [];
   }
 }

@@ -63,8 +63,9 @@ export async function startNatsServer(opts: { config?: string } = {}): Promise<N
       await exited;
     },
     restart: launch,
-    async cleanup() {
+    cleanup() {
       rmSync(dir, { recursive: true, force: true });
+      return Promise.resolve();
     },
   };
 }

@@ -81,7 +81,7 @@ export class Pipeline extends EventLog {
   }
 
   private observe(recordLogs: boolean): void {
-    const subjects = recordLogs ? [...'logs.>'] : EVENT_SUBJECTS;
+    const subjects = recordLogs ? [...EVENT_SUBJECTS, 'logs.>'] : EVENT_SUBJECTS;
     this.subs = observeLive(this.client, subjects, (event) => {
       if (event.subject.startsWith('logs.')) this.logBatches.push(event);
       else this.record(event);
@@ -111,9 +111,7 @@ export class Pipeline extends EventLog {
   }
 
   logLinesOf(runId: string, stage?: string): string[] {
-    return this.logBatches
-      .filter((b) => b.data.runId === runId && (stage === undefined || b.data.stage === stage))
-      .flatMap((b) => b.data.lines as string[]);
+    return this.logBatches.filter((b) => b.data.runId === runId && (stage === undefined || b.data.stage === stage)).flatMap((b) => b.data.lines as string[]);
   }
 
   async containers(runId?: string): Promise<Docker.ContainerInfo[]> {

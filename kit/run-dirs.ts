@@ -35,7 +35,9 @@ const DEFAULT_ENV_FILES: Record<EnvFileKey, Record<string, string>> = {
 export function writeEnvFiles(envDir: string, overrides: EnvFiles = {}): void {
   for (const [key, values] of Object.entries({ ...DEFAULT_ENV_FILES, ...overrides })) {
     // Single quotes keep a value literal in dotenv (double quotes would keep backslash escapes as typed).
-    const text = Object.entries(values).map(([k, v]) => `${k}=${v.includes("'") ? JSON.stringify(v) : `'${v}'`}`).join('\n');
+    const text = Object.entries(values)
+      .map(([k, v]) => `${k}=${v.includes("'") ? JSON.stringify(v) : `'${v}'`}`)
+      .join('\n');
     writeFileSync(join(envDir, ENV_FILES[key as EnvFileKey]), `${text}\n`);
   }
 }

@@ -15,7 +15,7 @@ import { LOCKS_BUCKET } from '../shared/nats';
 import { startNatsServer } from './nats-server';
 import { ClusterPipeline, type StageService } from './cluster-pipeline';
 import { waitForContainer } from './containers';
-import { isRunTerminal } from './event-log';
+import { isRunTerminal, type RecordedEvent } from './event-log';
 
 export const FAULTS = ['restart-service', 'kill-nats', 'failing-stage', 'duplicate-trigger', 'concurrent-trigger'] as const;
 export type Fault = (typeof FAULTS)[number];
@@ -45,10 +45,10 @@ export interface SoakReport {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** How a run that rides out its fault ends: new data, both loads, a mismatch, training. */
 const TRAINED: ExpectedEnd = { subject: 'model.done', outcome: 'trained' };
-const describeEnd = (e: { subject: string; data: Record<string, unknown> }) =>
-  `${e.subject} ${String(e.data.outcome)}${e.data.exitCode !== undefined && e.data.exitCode !== null ? ` exit ${String(e.data.exitCode)}` : ''}${e.data.error !== undefined ? ` (${String(e.data.error)})` : ''}`;
+const describeEnd = (e: RecordedEvent) =>
+  `${e.subject} ${e.data.outcome}${e.data.exitCode !== undefined && e.data.exitCode !== null ? ` exit ${e.data.exitCode}` : ''}${e.data.error !== undefined ? ` (${e.data.error})` : ''}`;
 const describeExpected = (e: ExpectedEnd) => `${e.subject} ${e.outcome}${e.exitCode !== undefined ? ` exit ${e.exitCode}` : ''}`;
-const isExpected = (e: { subject: string; data: Record<string, unknown> }, want: ExpectedEnd) =>
+const isExpected = (e: RecordedEvent, want: ExpectedEnd) =>
   e.subject === want.subject && e.data.outcome === want.outcome && (want.exitCode === undefined || e.data.exitCode === want.exitCode);
 const LOCK_TTL_S = 6;
 const RUN_DEADLINE_MS = 60_000;
@@ -77,7 +77,10 @@ export async function runSoak(opts: { chains: number; seed: number; log?: (line:
       env: { ACK_WAIT: '2', LOCK_TTL: String(LOCK_TTL_S) },
       envFiles: {
         // Run ids tell the stand-ins to fail: `failt…` in the transform, `failm…` in training.
-        transform: { SCRIPT: 'case "$BRAIN_RUN_ID" in failt*) echo "transform failing"; exit 3;; esac; sleep 2; echo rows > "/app/processed/$BRAIN_RUN_ID.csv"; echo plot > "/app/viz/$BRAIN_RUN_ID.png"; echo "New data was transformed"' },
+        transform: {
+          SCRIPT:
+            'case "$BRAIN_RUN_ID" in failt*) echo "transform failing"; exit 3;; esac; sleep 2; echo rows > "/app/processed/$BRAIN_RUN_ID.csv"; echo plot > "/app/viz/$BRAIN_RUN_ID.png"; echo "New data was transformed"',
+        },
         loadProcessed: { TARGET: 'processed', SLEEP: '1' },
         loadViz: { TARGET: 'viz', SLEEP: '1' },
         train: { SCRIPT: 'case "$BRAIN_RUN_ID" in failm*) echo "training failing"; exit 4;; esac; sleep 1; echo "trained $BRAIN_RUN_ID"' },
@@ -129,7 +132,9 @@ export async function runSoak(opts: { chains: number; seed: number; log?: (line:
             if (want !== undefined && isExpected(first, want)) {
               if (terminals.length === 1) report.completed++;
             } else {
-              report.wrong.push(`${runId} (seed ${opts.seed}, ${chain.fault}: ${chain.detail}): expected ${want !== undefined ? describeExpected(want) : '?'}, got ${describeEnd(first)}`);
+              report.wrong.push(
+                `${runId} (seed ${opts.seed}, ${chain.fault}: ${chain.detail}): expected ${want !== undefined ? describeExpected(want) : '?'}, got ${describeEnd(first)}`,
+              );
             }
           }
           if (terminals.length > 1) report.doubled.push(`${runId}: ${terminals.length} terminal events (${terminals.map((e) => `${e.subject} ${e.data.outcome}`).join(', ')})`);
@@ -150,7 +155,8 @@ export async function runSoak(opts: { chains: number; seed: number; log?: (line:
       const kv = await new Kvm(p.client).open(LOCKS_BUCKET);
       for (const key of ['transform', 'model']) {
         const entry = await kv.get(key);
-        if (entry?.operation === 'PUT' && Date.now() - entry.created.getTime() < LOCK_TTL_S * 1000) report.lockAnomalies.push(`lock ${key} still held at the end: ${entry.string()}`);
+        if (entry?.operation === 'PUT' && Date.now() - entry.created.getTime() < LOCK_TTL_S * 1000)
+          report.lockAnomalies.push(`lock ${key} still held at the end: ${entry.string()}`);
       }
     } finally {
       await p.close();
@@ -224,7 +230,11 @@ async function injectChain(
 
 export function printReport(report: SoakReport, write: (line: string) => void): void {
   write(`runs started     ${report.started}`);
-  write(`runs completed   ${report.completed}  correctly (all ends: ${Object.entries(report.outcomes).map(([k, n]) => `${n}× ${k}`).join(', ')})`);
+  write(
+    `runs completed   ${report.completed}  correctly (all ends: ${Object.entries(report.outcomes)
+      .map(([k, n]) => `${n}× ${k}`)
+      .join(', ')})`,
+  );
   write(`runs lost        ${report.lost.length}${report.lost.length > 0 ? `: ${report.lost.join(', ')}` : ''}`);
   write(`runs doubled     ${report.doubled.length}${report.doubled.map((d) => `\n  ${d}`).join('')}`);
   write(`runs wrong       ${report.wrong.length}${report.wrong.map((d) => `\n  ${d}`).join('')}`);

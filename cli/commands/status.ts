@@ -38,9 +38,7 @@ interface LockStatus {
 type StageName = 'transform' | 'load' | 'model';
 /** The last *.done event of a stage; `invalid` when it did not validate. */
 type LastRun =
-  | { stage: StageName; runId: string; at: string; outcome: string; durationMs: number; error?: string }
-  | { stage: StageName; at: string; invalid: string }
-  | { stage: StageName };
+  { stage: StageName; runId: string; at: string; outcome: string; durationMs: number; error?: string } | { stage: StageName; at: string; invalid: string } | { stage: StageName };
 
 async function services(nc: NatsConnection): Promise<ServiceStatus[]> {
   const infos: ServiceInfo[] = [];

@@ -1,0 +1,34 @@
+// ESLint flat config: typescript-eslint's type-aware rules over every TypeScript file (tsconfig.json's project).
+import eslint from '@eslint/js';
+import { defineConfig } from 'eslint/config';
+import tseslint from 'typescript-eslint';
+
+export default defineConfig(
+  { ignores: ['dist/', 'node_modules/', '.tap/', 'test/tmp/'] },
+  eslint.configs.recommended,
+  tseslint.configs.recommendedTypeChecked,
+  {
+    languageOptions: {
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+    },
+    rules: {
+      // The mistakes a reviewer catches today: a promise nobody awaits or handles, a promise where a callback's
+      // result is ignored, an await on a non-promise, a switch that misses a case of a union.
+      '@typescript-eslint/no-floating-promises': [
+        'error',
+        // tap queues a subtest and waits for it itself; its failures are failed assertions, never a rejection.
+        { allowForKnownSafePromises: [{ from: 'package', name: 'PromiseWithSubtest', package: '@tapjs/core' }] },
+      ],
+      '@typescript-eslint/no-misused-promises': 'error',
+      '@typescript-eslint/await-thenable': 'error',
+      '@typescript-eslint/switch-exhaustiveness-check': ['error', { considerDefaultExhaustiveForUnions: true }],
+    },
+  },
+  {
+    files: ['**/*.js', '**/*.mjs'],
+    extends: [tseslint.configs.disableTypeChecked],
+    languageOptions: { globals: { require: 'readonly', process: 'readonly', module: 'writable' } },
+    // bin/brain.js is CommonJS, as the package is.
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+);

@@ -7,7 +7,9 @@ import { createEventBus, elapsedMs, monotonicNow, OutgoingEventError, type Event
 import { MAX_ERROR_CHARS, MAX_REASON_CHARS, type EventBody } from '../shared/events';
 import { ErrorCode } from '../shared/errors';
 import { createLogger } from '../shared/logger';
-import { CONSUMERS, EVENTS_STREAM, ensureTopology } from '../shared/nats';
+import { EVENTS_STREAM } from '../shared/nats';
+import { CONSUMERS } from '../services';
+import { ensureTopology } from '../services/composition-root';
 import { startNatsServer, type NatsServer } from '../kit/nats-server';
 import { startNatsProxy, type NatsProxy, type ProxiedPublish } from './helpers/nats-proxy';
 import { Pipeline, uid } from '../kit/pipeline';

@@ -2,7 +2,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { ENV_FILES } from '../shared/envfile';
+import { ENV_FILES } from '../services';
 import { RUN_ID_PATTERN } from '../shared/events';
 import { Pipeline } from '../kit/pipeline';
 

@@ -2,7 +2,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { ConfigError } from '../shared/errors';
-import { loadConfig } from '../shared/config';
+import { loadConfig } from '../services/composition-root';
 import { inboxPrefixFor } from '../shared/nats';
 import { startNatsServer } from '../kit/nats-server';
 

@@ -41,7 +41,7 @@ t.test('KV leases against a real nats-server', async (t) => {
     await new Promise((r) => setTimeout(r, TTL * 1.7));
     const second = await b.acquire('model', 'new', 'train');
     t.ok(second, 'taken after the lease expired');
-    const stale = await a.adopt('model', 'old', 'train');
+    const stale = await a.takeOver('model', 'old', 'train');
     t.equal(stale, null, 'the old run cannot take it back');
     t.equal((await b.read('model'))?.value?.runId, 'new');
     t.ok(await second?.release());
@@ -81,7 +81,7 @@ t.test('KV leases against a real nats-server', async (t) => {
     await new Promise((r) => setTimeout(r, TTL * 1.7));
     t.equal((await b.read('transform'))?.value?.stage, 'transform', 'still held past its TTL while in transit');
     t.equal(await b.acquire('transform', 'other', 'transform'), null, 'another run cannot take it');
-    const next = await b.adopt('transform', 'transit', 'load');
+    const next = await b.takeOver('transform', 'transit', 'load');
     t.ok(next, 'the next stage takes it over');
     await new Promise((r) => setTimeout(r, TTL));
     t.notOk(first?.lost.aborted, 'the take-over is not a lost lease for the stage that handed it off');

@@ -183,7 +183,7 @@ t.test('an adopted container that exited within its limit is judged by its own e
   const handedBack = await runner.run({ ...first, signal: abort.signal, onStarted: async () => abort.abort() });
   t.equal(handedBack.status, 'handed-back');
   await sleep(2500);
-  const { spec: again, lines } = spec(runId, 'echo not this one', { timeoutMs: 1500, resume: true });
+  const { spec: again, lines } = spec(runId, 'echo not this one', { timeoutMs: 1500, adoptOnly: true });
   const result = await runner.run(again);
   t.match(result, { status: 'exited', exitCode: 0, timedOut: false, phraseFound: true, adopted: true });
   t.same(lines, ['the phrase']);
@@ -197,7 +197,7 @@ t.test('an adopted container still running past its deadline is stopped at once'
   t.equal((await runner.run({ ...first, signal: abort.signal, onStarted: async () => abort.abort() })).status, 'handed-back');
   await sleep(1500);
   const adoptedAt = Date.now();
-  const result = await runner.run(spec(runId, 'true', { timeoutMs: 1000, resume: true }).spec);
+  const result = await runner.run(spec(runId, 'true', { timeoutMs: 1000, adoptOnly: true }).spec);
   t.match(result, { status: 'exited', timedOut: true, adopted: true });
   t.ok(Date.now() - adoptedAt < 5000, `stopped at once (${Date.now() - adoptedAt} ms)`);
 });
@@ -218,7 +218,7 @@ t.test('onStarted is awaited with the container before it is followed (started, 
       abort.abort();
     },
   });
-  const result = await runner.run({ ...spec(runId, 'true', { resume: true }).spec, onStarted: async (c) => void seen.push(c) });
+  const result = await runner.run({ ...spec(runId, 'true', { adoptOnly: true }).spec, onStarted: async (c) => void seen.push(c) });
   const name = containerName('model-trigger', runId, instance);
   t.same(seen, [
     { id: result.containerId, name, adopted: false },
@@ -233,7 +233,7 @@ t.test('onStarted failing: its own error, the container runs on and the next del
   const err = await runner.run({ ...spec(runId, 'sleep 1; echo the phrase').spec, onStarted: async () => Promise.reject(recordFailed) }).catch((e: unknown) => e);
   t.equal(err, recordFailed, 'the caller’s error, unchanged');
   t.equal((await docker.listContainers({ filters: { label: [`${LABELS.runId}=${runId}`], status: ['running'] } })).length, 1, 'left running');
-  const { spec: again, lines } = spec(runId, 'true', { resume: true });
+  const { spec: again, lines } = spec(runId, 'true', { adoptOnly: true });
   t.match(await runner.run(again), { status: 'exited', exitCode: 0, phraseFound: true, adopted: true });
   t.same(lines, ['the phrase']);
   t.same(started, ['model-trigger'], 'started once');
@@ -252,8 +252,8 @@ t.test('another deployment’s container under the run’s name is refused, neve
   });
   t.teardown(() => foreign.remove({ force: true }));
   await foreign.start();
-  for (const resume of [false, true]) {
-    const err = await runner.run(spec(runId, 'echo mine', { resume }).spec).catch((e: unknown) => e);
+  for (const adoptOnly of [false, true]) {
+    const err = await runner.run(spec(runId, 'echo mine', { adoptOnly }).spec).catch((e: unknown) => e);
     t.match(err, { code: ErrorCode.ContainerForeign, message: /belongs to deployment another-deployment/ });
   }
   t.match(await runner.remove(name).catch((e: unknown) => e), { code: ErrorCode.ContainerForeign });
@@ -271,7 +271,7 @@ t.test('an adopted container’s output is masked with the values it was started
   const labels = (await docker.getContainer(containerName('model-trigger', runId, instance)).inspect()).Config.Labels;
   t.equal(labels[LABELS.envKeys], 'SCRIPT,SECRET,TOKEN', 'the env file’s keys (not values) are on a label');
   // The env file was rewritten meanwhile (a deploy rotated the secret).
-  const { spec: again, lines } = spec(runId, script, { env: { SCRIPT: script, SECRET: 'new-secret-0815', TOKEN: 'token-kept-0815' }, resume: true });
+  const { spec: again, lines } = spec(runId, script, { env: { SCRIPT: script, SECRET: 'new-secret-0815', TOKEN: 'token-kept-0815' }, adoptOnly: true });
   const result = await runner.run(again);
   t.match(result, { status: 'exited', exitCode: 0, adopted: true });
   t.same(lines, ['secret: ****', 'token: ****']);

@@ -102,7 +102,7 @@ t.test('an image that is not there: PULL_POLICY=never refuses clearly, missing t
 t.test('resuming a run whose container is gone fails instead of starting it again', async (t) => {
   const { runner } = runnerWith('never');
   const runId = uid();
-  const err = await runner.run(spec(runId, 'true', { resume: true })).catch((e: unknown) => e);
+  const err = await runner.run(spec(runId, 'true', { adoptOnly: true })).catch((e: unknown) => e);
   t.match(err, { code: ErrorCode.ContainerGone, message: /no longer exists/ });
   t.same(await remaining(runId), []);
 });

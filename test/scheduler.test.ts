@@ -1,8 +1,7 @@
 import t from 'tap';
 import { jetstream } from '@nats-io/jetstream';
-import { loadConfig } from '../shared/config';
 import { EVENTS_STREAM } from '../shared/nats';
-import { runServices } from '../services/composition-root';
+import { loadConfig, runServices } from '../services/composition-root';
 import { scheduledRunId } from '../services/scheduler/service';
 import { Pipeline } from '../kit/pipeline';
 import { spawnService, type ServiceProcess } from '../kit/service-process';

@@ -11,22 +11,19 @@ import { Writable } from 'node:stream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError, StorageType, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { loadConfig, type ServiceName } from '../shared/config';
+import { CONSUMERS, type ServiceName } from '../services';
 import {
-  CONSUMERS,
   EVENTS_STREAM,
   LOCKS_BUCKET,
   RUNS_BUCKET,
   RUNS_MAX_AGE_MS,
   TopologyError,
   bucketStream,
-  ensureTopology,
   inspectTopology,
   lockReader,
   openRuns,
-  wantedTopology,
 } from '../shared/nats';
-import { runServices } from '../services/composition-root';
+import { ensureTopology, loadConfig, runServices, wantedTopology } from '../services/composition-root';
 import { standInStageEnv } from '../kit/stand-ins';
 import { startNatsServer } from '../kit/nats-server';
 import { startAuthNatsServer, type AuthNatsServer, type NatsRole } from './helpers/nats-auth';

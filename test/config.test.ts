@@ -50,12 +50,12 @@ t.test('loadConfig names what a service requires and applies the seed defaults',
   t.equal(config.phrases.mismatch, 'File counts differ between the dataset commit and master.');
   t.equal(config.flags.devForceTraining, true);
   t.equal(config.flags.devSkipModel, false);
-  t.equal(config.lockTtlMs, 30_000);
+  t.equal(config.lockTtlMs, 90_000, "LOCK_TTL defaults to 3 x ACK_WAIT");
 });
 
 t.test('topology and connection settings: an empty LOCK_TTL/ACK_WAIT is the default (compose passes them empty), the inbox prefix follows the NATS user', async (t) => {
   const empty = loadConfig({ LOCK_TTL: '', ACK_WAIT: ' ' }, []);
-  t.same([empty.lockTtlMs, empty.ackWaitMs], [30_000, 30_000], 'empty means the default');
+  t.same([empty.lockTtlMs, empty.ackWaitMs], [90_000, 30_000], 'empty means the default');
   t.equal(loadConfig({ LOCK_TTL: '60' }, []).lockTtlMs, 60_000, 'a value is taken');
   t.equal(inboxPrefixFor(loadConfig({}, []).nats), undefined, "no user: the client's default inbox");
   t.equal(inboxPrefixFor(loadConfig({ NATS_USER: 'transformer', NATS_PASS: 'x' }, []).nats), '_INBOX_transformer', 'a user: _INBOX_<user>');

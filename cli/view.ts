@@ -1,22 +1,10 @@
-import {
-  EventSchemas,
-  MAX_EVENT_BYTES,
-  Rejected,
-  parseEvent,
-  previewOf,
-  type EventMap,
-  type EventSubject,
-  type RejectedEvent,
-} from '../shared/events';
+import { EventSchemas, MAX_EVENT_BYTES, Rejected, parseEvent, previewOf, type EventMap, type EventSubject, type RejectedEvent } from '../shared/events';
 
 /** A valid pipeline event, discriminated by its subject. */
 export type KnownEvent = { [S in EventSubject]: { kind: 'event'; subject: S; event: EventMap[S] } }[EventSubject];
 
 /** What the CLI makes of one message on an event subject: never throws, a bad body is `invalid`. */
-export type ParsedMessage =
-  | KnownEvent
-  | { kind: 'rejected'; subject: string; event: RejectedEvent }
-  | { kind: 'invalid'; subject: string; error: string; preview: string };
+export type ParsedMessage = KnownEvent | { kind: 'rejected'; subject: string; event: RejectedEvent } | { kind: 'invalid'; subject: string; error: string; preview: string };
 
 const isEventSubject = (subject: string): subject is EventSubject => Object.hasOwn(EventSchemas, subject);
 
@@ -88,7 +76,10 @@ export function useColour(stream: NodeJS.WriteStream): boolean {
 
 const CODES = { red: 31, green: 32, yellow: 33, cyan: 36, dim: 2, bold: 1 } as const;
 export type Paint = (style: keyof typeof CODES, text: string) => string;
-export const painter = (colour: boolean): Paint => (style, text) => (colour ? `\x1b[${CODES[style]}m${text}\x1b[0m` : text);
+export const painter =
+  (colour: boolean): Paint =>
+  (style, text) =>
+    colour ? `\x1b[${CODES[style]}m${text}\x1b[0m` : text;
 
 /** Colour of an outcome word: red for failures, yellow for busy, green otherwise. */
 export function paintOutcome(paint: Paint, outcome: string): string {

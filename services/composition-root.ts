@@ -91,7 +91,7 @@ export async function runServices(names: readonly ServiceName[], config: Config,
   const metrics = createMetrics({ service: label });
   let health: HealthServer | undefined;
   const startedAt = new Date().toISOString();
-  let instance = '';
+  let instance: string;
   if (config.lockTtlMs < 2 * config.ackWaitMs) {
     logger.warn(
       { lockTtlS: config.lockTtlMs / 1000, ackWaitS: config.ackWaitMs / 1000 },

@@ -156,11 +156,7 @@ export function createEventBus(deps: BusDeps): EventBus {
     if (outcome === 'busy' && lock !== undefined) deps.metrics.lockContended(lock);
   }
 
-  async function publish<S extends EventSubject>(
-    subject: S,
-    body: EventBody<S>,
-    opts: { msgId?: string } = {},
-  ): Promise<EventMap[S]> {
+  async function publish<S extends EventSubject>(subject: S, body: EventBody<S>, opts: { msgId?: string } = {}): Promise<EventMap[S]> {
     const candidate = sanitiseOutgoing({ v: 1, at: new Date().toISOString(), ...body });
     const parsed = EventSchemas[subject].safeParse(candidate);
     if (!parsed.success) {

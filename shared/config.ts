@@ -59,7 +59,11 @@ const cronExpression = z
 
 const schema = z.object({
   NATS_URL: natsUrl,
-  NATS_REPLICAS: z.coerce.number({ message: 'must be 1, 3 or 5' }).int().refine((n) => [1, 3, 5].includes(n), 'must be 1, 3 or 5').default(1),
+  NATS_REPLICAS: z.coerce
+    .number({ message: 'must be 1, 3 or 5' })
+    .int()
+    .refine((n) => [1, 3, 5].includes(n), 'must be 1, 3 or 5')
+    .default(1),
   NATS_USER: optionalText,
   NATS_PASS: optionalText,
   NATS_INBOX_PREFIX: optionalText.refine((v) => v === undefined || /^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$/.test(v), {
@@ -161,7 +165,7 @@ export function parseConfig(given: NodeJS.ProcessEnv, services: readonly ConfigN
       if (missing && !problems.some((p) => p.startsWith(`${key}:`))) problems.push(`${key}: is required by the ${service.name} service`);
     }
   }
-  if ((env.NATS_USER ?? '') === '' !== ((env.NATS_PASS ?? '') === '')) {
+  if (((env.NATS_USER ?? '') === '') !== ((env.NATS_PASS ?? '') === '')) {
     problems.push('NATS_USER and NATS_PASS: set both or neither');
   }
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);

@@ -199,15 +199,12 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     try {
       const stream = await docker.pull(image);
       await new Promise<void>((resolve, reject) => {
-        docker.modem.followProgress(
-          stream,
-          (err: Error | null, events: { error?: string; errorDetail?: { message?: string } }[]) => {
-            const failed = events?.find((e) => e.error !== undefined || e.errorDetail !== undefined);
-            if (err) reject(err);
-            else if (failed) reject(new Error(failed.errorDetail?.message ?? failed.error));
-            else resolve();
-          },
-        );
+        docker.modem.followProgress(stream, (err: Error | null, events: { error?: string; errorDetail?: { message?: string } }[]) => {
+          const failed = events?.find((e) => e.error !== undefined || e.errorDetail !== undefined);
+          if (err) reject(err);
+          else if (failed) reject(new Error(failed.errorDetail?.message ?? failed.error));
+          else resolve();
+        });
       });
     } catch (err) {
       throw stageError(`pull image ${image}`, err, ErrorCode.PullFailed);
@@ -483,12 +480,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
      * its log is read the same way; gone (404) → ContainerGone. A lost connection is retried until Docker is
      * back; only a shutdown (HandedBack) ends the wait early.
      */
-    async function follow(
-      container: Container,
-      first: NodeJS.ReadableStream | null,
-      spec: StageSpec,
-      scanners: Record<StreamName, StreamScanner>,
-    ): Promise<ContainerInspectInfo> {
+    async function follow(container: Container, first: NodeJS.ReadableStream | null, spec: StageSpec, scanners: Record<StreamName, StreamScanner>): Promise<ContainerInspectInfo> {
       const processed: ByteCounts = { stdout: 0, stderr: 0 };
       let stream = first;
       let skip: ByteCounts = { stdout: 0, stderr: 0 };
@@ -557,7 +549,6 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       }
       if (signal.aborted) throw new HandedBack();
     }
-
   }
 
   async function forward(spec: StageSpec, name: StreamName, lines: string[]) {
@@ -595,4 +586,3 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
 
   return { run, list, remove };
 }
-

@@ -11,7 +11,12 @@ export interface HealthServer {
  * Serves `/healthz` (200 while `healthy()` holds, else 503) and `/metrics` (Prometheus text).
  * Port 0 picks a free port.
  */
-export async function startHealthServer(opts: { port: number; host?: string; healthy: () => { ok: boolean; detail: Record<string, unknown> }; metrics: Metrics }): Promise<HealthServer> {
+export async function startHealthServer(opts: {
+  port: number;
+  host?: string;
+  healthy: () => { ok: boolean; detail: Record<string, unknown> };
+  metrics: Metrics;
+}): Promise<HealthServer> {
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') {

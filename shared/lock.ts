@@ -84,8 +84,7 @@ export interface LocksDeps {
 const encoder = new TextEncoder();
 /** The server refused a compare-and-set: the key's revision is not the one we expected. */
 const isWrongSequence = (err: unknown) =>
-  err instanceof JetStreamApiError &&
-  (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
+  err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
 
 export function createLocks(deps: LocksDeps): Locks {
   const { kv, holder, ttlMs, logger } = deps;
@@ -284,9 +283,7 @@ export function createLocks(deps: LocksDeps): Locks {
         continue; // someone wrote between our read and our write: look again
       }
       // With a trigger, only this stage's own earlier delivery of it may take it over, never a later stage's lease.
-      const sameRun =
-        current.value?.runId === runId &&
-        (opts.trigger === undefined || (current.value.trigger === opts.trigger && current.value.stage === stage));
+      const sameRun = current.value?.runId === runId && (opts.trigger === undefined || (current.value.trigger === opts.trigger && current.value.stage === stage));
       return sameRun ? takeOver(key, runId, stage, current) : null;
     }
     return null;
@@ -301,6 +298,6 @@ export function createLocks(deps: LocksDeps): Locks {
 }
 
 /** Releases each lease held (null: not held), at once. */
-export const releaseAll = (...leases: (Lease | null)[]): Promise<unknown> => Promise.all(leases.map((l) => l?.release()));
+export const releaseAll = (...leases: (Lease | null)[]): Promise<unknown> => Promise.all(leases.filter((l) => l !== null).map((l) => l.release()));
 /** Hands each lease held on to the run's next stage (null: not held), at once. */
-export const handOffAll = (...leases: (Lease | null)[]): Promise<unknown> => Promise.all(leases.map((l) => l?.handOff()));
+export const handOffAll = (...leases: (Lease | null)[]): Promise<unknown> => Promise.all(leases.filter((l) => l !== null).map((l) => l.handOff()));

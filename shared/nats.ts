@@ -372,8 +372,7 @@ async function readPart(jsm: JetStreamManager, part: Part, user?: string): Promi
   }
 }
 
-const problemsOf = (states: readonly PartState[]) =>
-  states.flatMap((s) => (s.missing ? [`${s.part} does not exist`] : s.differences.map((d) => d.problem)));
+const problemsOf = (states: readonly PartState[]) => states.flatMap((s) => (s.missing ? [`${s.part} does not exist`] : s.differences.map((d) => d.problem)));
 
 /**
  * Compares the server's topology with the wanted one, with INFO requests only.
@@ -382,7 +381,9 @@ const problemsOf = (states: readonly PartState[]) =>
  */
 export async function inspectTopology(nc: NatsConnection, topology: Topology, opts: { user?: string } = {}): Promise<PartState[]> {
   if (topology.replicas > 1 && (nc.info?.cluster ?? '') === '') {
-    throw cannotConverge([`NATS_REPLICAS=${topology.replicas} but the NATS server ${nc.info?.server_name ?? ''} is not part of a cluster: it keeps one copy (use NATS_REPLICAS=1)`]);
+    throw cannotConverge([
+      `NATS_REPLICAS=${topology.replicas} but the NATS server ${nc.info?.server_name ?? ''} is not part of a cluster: it keeps one copy (use NATS_REPLICAS=1)`,
+    ]);
   }
   const jsm = await jetstreamManager(nc);
   const states: PartState[] = [];

@@ -70,8 +70,7 @@ export function createOrphanSweeper(deps: OrphanSweeperDeps): OrphanSweeper {
   return {
     sweep,
     start() {
-      const tick = () =>
-        sweep().catch((err: unknown) => deps.logger.warn({ err: describeError(err) }, 'orphan sweep failed; will retry'));
+      const tick = () => sweep().catch((err: unknown) => deps.logger.warn({ err: describeError(err) }, 'orphan sweep failed; will retry'));
       void tick();
       timer = setInterval(() => void tick(), Math.max(500, Math.floor(deps.graceMs / 2)));
     },

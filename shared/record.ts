@@ -52,8 +52,7 @@ export type StepRecord = z.infer<typeof StepRecord>;
 export const recordKey = (runId: string, step: Step) => `${runId}.${step}`;
 
 const isWrongSequence = (err: unknown) =>
-  err instanceof JetStreamApiError &&
-  (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
+  err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
 
 export interface StepRecords {
   read(runId: string, step: Step): Promise<StepRecord | null>;

@@ -31,8 +31,7 @@ export interface Service {
  * A run id for a trigger that carried none: derived from the message's stream sequence and store time,
  * so a redelivery gets the same id and two deployments sharing a Docker engine do not collide.
  */
-export const generatedRunId = (prefix: string, ctx: { streamSequence: number; storedAt: Date }) =>
-  `${prefix}${ctx.streamSequence}-${ctx.storedAt.getTime().toString(36)}`;
+export const generatedRunId = (prefix: string, ctx: { streamSequence: number; storedAt: Date }) => `${prefix}${ctx.streamSequence}-${ctx.storedAt.getTime().toString(36)}`;
 
 /** Message id for an event of a run, so a retried publish is dropped by the stream's duplicate window. */
 export const msgIdFor = (runId: string, subject: string) => `${runId}:${subject}`;

@@ -185,12 +185,7 @@ export interface FinishDeps {
  * finishes the same ending instead of running the step again. `beforePublish` runs once the ending is
  * recorded (the lease hand-off, so the next step can take the lock when its event arrives).
  */
-export async function finishStep(
-  deps: FinishDeps,
-  step: StepHandle,
-  events: RecordedEvent[],
-  beforePublish?: () => Promise<unknown>,
-): Promise<HandlerResult> {
+export async function finishStep(deps: FinishDeps, step: StepHandle, events: RecordedEvent[], beforePublish?: () => Promise<unknown>): Promise<HandlerResult> {
   const ending = await step.end(events);
   await beforePublish?.();
   for (let i = step.record.published; i < ending.length; i++) {
@@ -243,13 +238,7 @@ export interface StageNotRun {
  * `runContainerStage`, with the stage's own failure as a result (`failed-to-run`, which ends the step failed).
  * Any other error (NATS, the run record) is thrown: the message is redelivered and the step continued from its record.
  */
-export async function runStage(
-  runner: ContainerRunner,
-  bus: EventBus,
-  step: StepHandle,
-  plan: StagePlan,
-  signal: AbortSignal,
-): Promise<StageResult | StageNotRun> {
+export async function runStage(runner: ContainerRunner, bus: EventBus, step: StepHandle, plan: StagePlan, signal: AbortSignal): Promise<StageResult | StageNotRun> {
   try {
     return await runContainerStage(runner, bus, step, plan, signal);
   } catch (err) {

@@ -43,8 +43,14 @@ t.test('killed -9 mid-container, back after the stage’s deadline: a container 
   t.equal(done?.data.outcome, 'new-data', 'judged by its own exit');
   t.equal(done?.data.error, undefined);
   t.same(p.starts('transform'), [runId], 'not started again');
-  t.ok(second.output.some((l) => l.includes('adopting existing container') && l.includes('"state":"exited"')), 'the restarted service adopted the exited container');
-  t.notOk(second.output.some((l) => l.includes('stage timed out')), 'no timer was armed for it');
+  t.ok(
+    second.output.some((l) => l.includes('adopting existing container') && l.includes('"state":"exited"')),
+    'the restarted service adopted the exited container',
+  );
+  t.notOk(
+    second.output.some((l) => l.includes('stage timed out')),
+    'no timer was armed for it',
+  );
   t.same(await p.leftBehind(runId), [], 'nothing left');
 });
 
@@ -69,7 +75,10 @@ t.test('a secret rotated while the container runs: the adopted container’s log
   writeEnvFiles(p.dirs.env, { transform: { SCRIPT: script, SECRET: newSecret } });
   const second = transformer(t, p.env);
   t.equal((await p.waitForRunEnd(runId, 60_000)).data.outcome, 'trained');
-  t.ok(second.output.some((l) => l.includes('adopting existing container')), 'the container was adopted');
+  t.ok(
+    second.output.some((l) => l.includes('adopting existing container')),
+    'the container was adopted',
+  );
   const lines = p.logLinesOf(runId, 'transform');
   t.ok(lines.includes('using ****'), 'the line is there, masked');
   const published = JSON.stringify(p.logBatches.filter((b) => b.data.runId === runId));

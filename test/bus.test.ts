@@ -144,10 +144,13 @@ t.test('nats-proxy', async (t) => {
       ],
     );
     t.equal(seen[0]?.data, tricky, 'a payload that looks like commands is delivered byte for byte');
-    t.same(rule.dropped.map((d) => [d.subject, d.payload.toString(), d.headers.length > 0]), [
-      ['f.drop', 'gone', true],
-      ['f.drop', tricky, false],
-    ]);
+    t.same(
+      rule.dropped.map((d) => [d.subject, d.payload.toString(), d.headers.length > 0]),
+      [
+        ['f.drop', 'gone', true],
+        ['f.drop', tricky, false],
+      ],
+    );
     t.equal(proxy.publishes.find((p) => p.reply !== undefined)?.reply, 'f.reply', 'the reply subject is parsed');
   });
 
@@ -299,7 +302,10 @@ t.test('a lost ack is sent once per delivery (no retry loop)', async (t) => {
     t.equal(calls, 1, 'the handler ran once');
     const info = await (await jetstreamManager(h.direct)).consumers.info(EVENTS_STREAM, CONSUMERS.transformer.durable);
     t.equal(info.num_ack_pending, 0, 'nothing pending');
-    t.ok(h.logs.some((l) => l.includes('acking the redelivery that arrived meanwhile')), 'logged');
+    t.ok(
+      h.logs.some((l) => l.includes('acking the redelivery that arrived meanwhile')),
+      'logged',
+    );
   });
 });
 
@@ -359,7 +365,10 @@ t.test('the transformer cut off NATS for longer than the ack wait mid-container:
   proxy.restore();
   const end = await p.waitForRunEnd(runId, 60_000);
   t.equal(end.data.outcome, 'trained', 'the run ends trained');
-  t.ok(p.logLines.some((l) => l.includes('redelivered while its handler still runs here')), 'the trigger was redelivered to the running handler');
+  t.ok(
+    p.logLines.some((l) => l.includes('redelivered while its handler still runs here')),
+    'the trigger was redelivered to the running handler',
+  );
   t.same(p.starts('transform'), [runId], 'one transform container');
   t.equal(p.events.filter((e) => e.subject === 'transform.done' && e.data.runId === runId).length, 1, 'one transform.done');
   t.same(p.trail(runId), ['transform.trigger', 'transform.done new-data', 'data.new', 'load.done loaded', 'model.trigger', 'model.mismatch', 'model.done trained']);

@@ -11,15 +11,7 @@ t.test('full chain with new data: files land, model trained, each event once and
   const end = await p.waitForRunEnd(runId);
   t.equal(end.subject, 'model.done');
   t.equal(end.data.outcome, 'trained');
-  t.same(p.trail(runId), [
-    'transform.trigger',
-    'transform.done new-data',
-    'data.new',
-    'load.done loaded',
-    'model.trigger',
-    'model.mismatch',
-    'model.done trained',
-  ]);
+  t.same(p.trail(runId), ['transform.trigger', 'transform.done new-data', 'data.new', 'load.done loaded', 'model.trigger', 'model.mismatch', 'model.done trained']);
   t.same(readdirSync(join(p.dirs.aws, 'remote', 'processed')), [`${runId}.csv`], 'processed data pushed to the remote');
   t.same(readdirSync(join(p.dirs.aws, 'remote', 'viz')), [`${runId}.png`], 'viz data pushed to the remote');
   t.same(readdirSync(p.dirs.processed), [], 'the load emptied the processed folder');
@@ -31,12 +23,18 @@ t.test('full chain with new data: files land, model trained, each event once and
   ]);
   const lines = p.logLinesOf(runId, 'transform');
   t.ok(lines.includes('New data was transformed'), 'transform log lines published live');
-  t.ok(lines.some((l) => l.includes('****')), 'the env-file secret is masked in forwarded lines');
+  t.ok(
+    lines.some((l) => l.includes('****')),
+    'the env-file secret is masked in forwarded lines',
+  );
   t.notOk(JSON.stringify(p.logBatches).includes('sekret-token-4711'), 'secret never forwarded');
   t.notOk(p.logLines.join('\n').includes('sekret-token-4711'), 'secret never logged');
   t.same(await p.leftBehind(runId), [], 'no container left behind');
   const serviceLog = p.logLines.map((l) => JSON.parse(l) as { runId?: string; service?: string; stage?: string });
-  t.ok(serviceLog.some((l) => l.runId === runId && l.service !== undefined && l.stage !== undefined), 'log lines carry service, stage and runId');
+  t.ok(
+    serviceLog.some((l) => l.runId === runId && l.service !== undefined && l.stage !== undefined),
+    'log lines carry service, stage and runId',
+  );
 });
 
 t.test('health and metrics: /healthz answers, /metrics counts runs, durations, container starts and contention', async (t) => {

@@ -80,8 +80,14 @@ t.test('the brain CLI against a live pipeline', async (t) => {
 
   await t.test('watch --json saw the run, and the bad event as invalid', async (t) => {
     const w = await watch.done;
-    const lines = w.stdout.trim().split('\n').map((l) => JSON.parse(l) as { subject: string; event?: { runId?: string }; invalid?: string });
-    t.ok(lines.some((l) => l.subject === 'transform.trigger' && l.invalid !== undefined), 'invalid event shown as such');
+    const lines = w.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { subject: string; event?: { runId?: string }; invalid?: string });
+    t.ok(
+      lines.some((l) => l.subject === 'transform.trigger' && l.invalid !== undefined),
+      'invalid event shown as such',
+    );
     t.same(
       lines.filter((l) => l.event?.runId === okRun).map((l) => l.subject),
       ['transform.trigger', 'transform.done', 'data.new', 'load.done', 'model.trigger', 'model.mismatch', 'model.done'],
@@ -145,7 +151,10 @@ t.test('the brain CLI against a live pipeline', async (t) => {
     t.equal(ok?.trigger, 'hand');
     t.equal(ok?.result, 'trained');
     t.same(Object.fromEntries(Object.entries(ok?.stages ?? {}).map(([k, v]) => [k, v.outcome])), { transform: 'new-data', load: 'loaded', gate: 'mismatch', train: 'trained' });
-    t.ok(Object.values(ok?.stages ?? {}).every((s) => typeof s.durationMs === 'number'), 'every stage has a duration');
+    t.ok(
+      Object.values(ok?.stages ?? {}).every((s) => typeof s.durationMs === 'number'),
+      'every stage has a duration',
+    );
     t.equal(runs[1]?.trigger, 'cli test');
     t.equal(runs[1]?.result, 'failed');
     t.equal(runs[2]?.runId, 'slow-run');

@@ -98,11 +98,18 @@ t.test('three-node cluster, two replicas of every service', async (t) => {
     t.same(only(p.starts('train'), runId), [runId], 'no second training container');
     // The watcher samples the bucket from its own connection; the bucket itself answers for the end state.
     const writes = p.lockWrites.slice(firstWrite);
-    t.ok(writes.some((w) => w.key === 'transform' && w.operation === 'PUT' && w.runId === runId), 'the watcher saw the run take the transform lock');
+    t.ok(
+      writes.some((w) => w.key === 'transform' && w.operation === 'PUT' && w.runId === runId),
+      'the watcher saw the run take the transform lock',
+    );
     const kv = await new Kvm(p.client).open(LOCKS_BUCKET);
     for (const key of ['transform', 'model']) {
       const named = new Set(writes.filter((w) => w.key === key && w.operation === 'PUT').map((w) => w.runId));
-      t.same([...named].filter((r) => r !== runId), [], `the ${key} lock never named another run`);
+      t.same(
+        [...named].filter((r) => r !== runId),
+        [],
+        `the ${key} lock never named another run`,
+      );
       t.not((await kv.get(key))?.operation, 'PUT', `the ${key} lock is free at the end`);
     }
     t.same(p.lockAnomalies, [], 'no lease written over another run’s live lease');

@@ -102,12 +102,10 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
 
   // NATS's monitoring port (no authentication) is not reachable from the other containers.
   const fetchFrom = (service: string, url: string) =>
-    project
-      .compose('exec', '-T', service, 'node', '-e', `fetch(${JSON.stringify(url)}).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(3))`)
-      .then(
-        () => 'reached',
-        () => 'unreachable',
-      );
+    project.compose('exec', '-T', service, 'node', '-e', `fetch(${JSON.stringify(url)}).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(3))`).then(
+      () => 'reached',
+      () => 'unreachable',
+    );
   t.equal(await fetchFrom('scheduler', 'http://transformer:8080/healthz'), 'reached', 'control: the scheduler reaches another container');
   t.equal(await fetchFrom('scheduler', 'http://nats:8222/healthz'), 'unreachable', 'NATS monitoring is unreachable from the compose network');
   t.equal(await fetchFrom('transformer', 'http://nats:8222/varz'), 'unreachable', 'from the Docker-socket services too');
@@ -135,7 +133,10 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
         clearTimeout(timer);
         resolve(found);
       };
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; saw:\n${events.map((e) => `${e.subject} ${JSON.stringify(e.data)}`).join('\n')}`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`timed out waiting for ${what}; saw:\n${events.map((e) => `${e.subject} ${JSON.stringify(e.data)}`).join('\n')}`)),
+        timeoutMs,
+      );
       waiters.push(check);
       check();
     });
@@ -162,7 +163,11 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     'each event once, in order',
   );
   t.match(violations.join('\n'), /Permissions Violation for Publish to "transform.trigger"/, 'the monitor may not publish transform.trigger');
-  t.same(events.filter((e) => e.data.runId === refused), [], 'nothing ran for the monitor’s trigger');
+  t.same(
+    events.filter((e) => e.data.runId === refused),
+    [],
+    'nothing ran for the monitor’s trigger',
+  );
   t.same(readdirSync(join(dirs.aws, 'remote', 'processed')), [`${runId}.csv`], 'processed data pushed to the remote');
   t.same(readdirSync(join(dirs.aws, 'remote', 'viz')), [`${runId}.png`], 'viz data pushed to the remote');
   t.ok(existsSync(join(dirs.aws, 'models', `${runId}.bin`)), 'model written');

@@ -24,15 +24,18 @@ function runBrain(args: string[], env: Record<string, string>, opts: { waitFor?:
 
 t.test('loadConfig reports every problem at once', async (t) => {
   const err = t.throws(() =>
-    loadConfig(
-      { NATS_URL: 'http://x', PULL_POLICY: 'sometimes', TRANSFORM_SCHEDULE: 'every hour', IS_DEVELOPMENT: 'yes', TRAIN_TIMEOUT: '-5', HOST_AWS_DIR: 'relative/path' },
-      ['transformer', 'trainer'],
-    ),
+    loadConfig({ NATS_URL: 'http://x', PULL_POLICY: 'sometimes', TRANSFORM_SCHEDULE: 'every hour', IS_DEVELOPMENT: 'yes', TRAIN_TIMEOUT: '-5', HOST_AWS_DIR: 'relative/path' }, [
+      'transformer',
+      'trainer',
+    ]),
   ) as ConfigError;
   t.type(err, ConfigError);
   t.equal(err.code, 'CONFIG_INVALID');
   for (const key of ['NATS_URL', 'PULL_POLICY', 'TRANSFORM_SCHEDULE', 'IS_DEVELOPMENT', 'TRAIN_TIMEOUT', 'HOST_AWS_DIR']) {
-    t.ok(err.problems.some((p) => p.startsWith(`${key}:`)), `${key} reported`);
+    t.ok(
+      err.problems.some((p) => p.startsWith(`${key}:`)),
+      `${key} reported`,
+    );
   }
 });
 
@@ -50,7 +53,7 @@ t.test('loadConfig names what a service requires and applies the seed defaults',
   t.equal(config.phrases.mismatch, 'File counts differ between the dataset commit and master.');
   t.equal(config.flags.devForceTraining, true);
   t.equal(config.flags.devSkipModel, false);
-  t.equal(config.lockTtlMs, 90_000, "LOCK_TTL defaults to 3 x ACK_WAIT");
+  t.equal(config.lockTtlMs, 90_000, 'LOCK_TTL defaults to 3 x ACK_WAIT');
 });
 
 t.test('topology and connection settings: an empty LOCK_TTL/ACK_WAIT is the default (compose passes them empty), the inbox prefix follows the NATS user', async (t) => {

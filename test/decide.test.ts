@@ -20,7 +20,8 @@ const name = (f: DevFlags) =>
     .filter(([, on]) => on)
     .map(([k]) => k)
     .join('+') || 'no flags';
-const gateName = (g: GateRun) => (g.status === 'failed-to-run' ? 'could not run' : `exit ${g.exitCode}${g.failure !== undefined ? ' (failed)' : ''}${g.phraseFound ? ', phrase' : ''}`);
+const gateName = (g: GateRun) =>
+  g.status === 'failed-to-run' ? 'could not run' : `exit ${g.exitCode}${g.failure !== undefined ? ' (failed)' : ''}${g.phraseFound ? ', phrase' : ''}`;
 
 t.test('before the gate runs: DEV_FORCE_TRAINING runs it, else DEV_SKIP_TRIGGER trains, else DEV_SKIP_MODEL skips, else it runs', async (t) => {
   for (const flags of FLAG_SETS) {
@@ -64,7 +65,11 @@ t.test('after the gate ran: DEV_FORCE_TRAINING trains whatever it said; without 
 t.test('the seed’s order, one case each', async (t) => {
   const off: DevFlags = { devForceTraining: false, devSkipTrigger: false, devSkipModel: false };
   const ok = (phraseFound: boolean): GateRun => ({ status: 'exited', exitCode: 0, failure: undefined, phraseFound });
-  t.match(decide({ ...off, devForceTraining: true, devSkipTrigger: true, devSkipModel: true }, { status: 'not-run' }), { action: 'run-gate' }, 'DEV_FORCE_TRAINING wins over both skips: the gate still runs');
+  t.match(
+    decide({ ...off, devForceTraining: true, devSkipTrigger: true, devSkipModel: true }, { status: 'not-run' }),
+    { action: 'run-gate' },
+    'DEV_FORCE_TRAINING wins over both skips: the gate still runs',
+  );
   t.match(decide({ ...off, devForceTraining: true }, ok(false)), { action: 'train', reason: 'forced' }, 'DEV_FORCE_TRAINING trains an up-to-date model');
   t.match(decide({ ...off, devSkipTrigger: true, devSkipModel: true }, { status: 'not-run' }), { action: 'train', reason: 'forced' }, 'DEV_SKIP_TRIGGER wins over DEV_SKIP_MODEL');
   t.match(decide({ ...off, devSkipModel: true }, { status: 'not-run' }), { action: 'end', outcome: 'skipped' }, 'DEV_SKIP_MODEL skips');

@@ -74,11 +74,16 @@ t.test('deploy over ssh with a forced-command key', { timeout: 180_000 }, async 
     'bash',
     [
       join(repo, 'deploy', 'install-deploy-user.sh'),
-      '--user', user,
-      '--prefix', prefix,
-      '--home', home,
-      '--key', `${key}.pub`,
-      '--image-repo', 'registry.test/acme/brain-pipeline',
+      '--user',
+      user,
+      '--prefix',
+      prefix,
+      '--home',
+      home,
+      '--key',
+      `${key}.pub`,
+      '--image-repo',
+      'registry.test/acme/brain-pipeline',
       '--no-docker-group',
     ],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
@@ -90,7 +95,9 @@ t.test('deploy over ssh with a forced-command key', { timeout: 180_000 }, async 
   const authorizedKeys = readFileSync(join(home, '.ssh', 'authorized_keys'), 'utf8');
   t.match(
     authorizedKeys,
-    new RegExp(`^command="/usr/bin/env -i SSH_ORIGINAL_COMMAND=\\\\"\\$SSH_ORIGINAL_COMMAND\\\\" \\S*/bash ${prefix}/deploy\\.sh",restrict,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty`),
+    new RegExp(
+      `^command="/usr/bin/env -i SSH_ORIGINAL_COMMAND=\\\\"\\$SSH_ORIGINAL_COMMAND\\\\" \\S*/bash ${prefix}/deploy\\.sh",restrict,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty`,
+    ),
     'the forced command runs deploy.sh under an empty environment',
   );
   t.equal(statSync(join(home, '.ssh', 'authorized_keys')).uid, 0, 'authorized_keys is root-owned: the user cannot add keys');
@@ -351,9 +358,9 @@ ${extra}
     t.equal(readFileSync(join(prefix, 'current', 'env', 'brain.env'), 'utf8').includes(secret), true, 'uploaded env files override the templates');
     t.equal(readFileSync(join(prefix, 'current', 'env', 'transform.env'), 'utf8'), '# template\n', 'templates fill in the rest');
     t.equal(statSync(join(prefix, 'current', 'env', 'transform.env')).mode & 0o777, 0o600, 'templates get mode 600 too');
-    t.equal(readFileSync(join(prefix, 'current', '.env'), 'utf8'), `NATS_OPERATOR_PASS=${token}-op\n`, ".env lands beside the compose file");
+    t.equal(readFileSync(join(prefix, 'current', '.env'), 'utf8'), `NATS_OPERATOR_PASS=${token}-op\n`, '.env lands beside the compose file');
     t.equal(statSync(join(prefix, 'current', '.env')).mode & 0o777, 0o600);
-    t.notOk(existsSync(join(prefix, 'current', 'env', '.env')), ".env is not in the env/ that containers mount");
+    t.notOk(existsSync(join(prefix, 'current', 'env', '.env')), '.env is not in the env/ that containers mount');
     t.equal(statSync(join(prefix, 'current', 'env')).mode & 0o777, 0o700, 'release env dir is 700');
     t.equal(statSync(join(prefix, 'current', 'env', 'brain.env')).mode & 0o777, 0o600, 'release env file is 600');
     const dir = realpathSync(join(prefix, 'current'));
@@ -430,7 +437,12 @@ ${extra}
     const r = await ssh('deploy sha4444', rel1);
     t.equal(r.code, 1);
     t.match(r.stderr, /pull failed; nothing was changed/);
-    t.notOk(composeLog().slice(before).some((l) => l.includes(' up ')), 'no up');
+    t.notOk(
+      composeLog()
+        .slice(before)
+        .some((l) => l.includes(' up ')),
+      'no up',
+    );
     t.equal(currentTag(), 'sha2222');
     unlinkSync(join(rec, 'pull-fail'));
   });
@@ -684,7 +696,6 @@ ${extra}
     const remote = await ssh(undefined, '', ['-N', '-o', 'ExitOnForwardFailure=yes', '-R', `127.0.0.1:0:127.0.0.1:${server.port}`]);
     t.not(remote.code, 0, 'no remote port forwarding');
     t.match(remote.stderr, /remote port forwarding failed/);
-
   });
 
   // --- the CI clients: the deploy-client blocks of .gitlab-ci.yml and .github/workflows/deploy.yml ---
@@ -812,7 +823,18 @@ t.test('the installer never takes over or damages an account that is not its own
   const install = (name: string, ...extra: string[]) =>
     spawnSync(
       'bash',
-      [join(repo, 'deploy', 'install-deploy-user.sh'), '--user', name, '--prefix', join(root, `opt-${name}`), '--key', `${key}.pub`, '--image-repo', 'registry.test/acme/brain', ...extra],
+      [
+        join(repo, 'deploy', 'install-deploy-user.sh'),
+        '--user',
+        name,
+        '--prefix',
+        join(root, `opt-${name}`),
+        '--key',
+        `${key}.pub`,
+        '--image-repo',
+        'registry.test/acme/brain',
+        ...extra,
+      ],
       { encoding: 'utf8' },
     );
 
@@ -846,7 +868,7 @@ t.test('the installer never takes over or damages an account that is not its own
     t.equal(shadow(name), before);
   });
 
-  await t.test("an existing system account is set up in the home the passwd database names", async (t) => {
+  await t.test('an existing system account is set up in the home the passwd database names', async (t) => {
     const home = join(root, 'var', 'lib', 'brain-deploy');
     mkdirSync(join(root, 'var', 'lib'), { recursive: true });
     const name = newUser('sys', ['--system', '--create-home', '--home-dir', home, '--shell', '/bin/sh']);

@@ -65,7 +65,11 @@ t.test('two deployments on one Docker engine, the same run id in both at once: e
   t.notOk(a.logLinesOf(runId, 'transform').includes('No new data found'), 'A never read B’s output');
   t.ok(b.logLinesOf(runId, 'transform').includes('No new data found'));
   t.notOk(b.logLinesOf(runId, 'transform').includes('New data was transformed'), 'B never read A’s output');
-  for (const p of [a, b]) t.notOk(p.logLines.some((l) => l.includes('adopting existing container')), 'nothing was adopted');
+  for (const p of [a, b])
+    t.notOk(
+      p.logLines.some((l) => l.includes('adopting existing container')),
+      'nothing was adopted',
+    );
 
   // Docker's own record: every container was created under its deployment's token and label.
   const created = recorder.events.filter((e) => e.action === 'create');
@@ -73,7 +77,10 @@ t.test('two deployments on one Docker engine, the same run id in both at once: e
   const ofB = created.filter((e) => e.instance === instanceB);
   t.equal(created.length, ofA.length + ofB.length, 'no container of any other deployment');
   t.same(ofA.map((e) => e.stage).sort(), ['load-processed', 'load-viz', 'model-trigger', 'train', 'transform']);
-  t.same(ofB.map((e) => e.stage), ['transform']);
+  t.same(
+    ofB.map((e) => e.stage),
+    ['transform'],
+  );
   for (const e of ofA) t.equal(e.name, `brain-${e.stage}-${deploymentToken(instanceA)}-${runId}`);
   for (const e of ofB) t.equal(e.name, `brain-${e.stage}-${deploymentToken(instanceB)}-${runId}`);
   const span = (e: ContainerEvent[], instance: string) => {

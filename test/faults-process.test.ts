@@ -40,7 +40,10 @@ t.test('kill -9 of the transformer mid-container: the restarted service adopts t
   t.equal(end.data.outcome, 'trained');
   t.same(p.trail(runId).slice(0, 3), ['transform.trigger', 'transform.done new-data', 'data.new']);
   t.same(p.starts('transform'), [runId], 'no second transform container');
-  t.ok(second.output.some((l) => l.includes('adopting existing container')), 'the new process adopted it');
+  t.ok(
+    second.output.some((l) => l.includes('adopting existing container')),
+    'the new process adopted it',
+  );
   t.same(await p.leftBehind(runId), []);
 });
 

@@ -95,7 +95,10 @@ t.test('Docker going away mid-stage: the run keeps its lock and its containers, 
   t.same(p.starts('transform'), [runId], 'one transform container; none for the busy trigger');
   t.same(p.starts('load').sort(), [`${runId} processed`, `${runId} viz`], 'one container per load');
   t.same(p.starts('train'), [runId], 'one training container');
-  t.ok(p.logLinesOf(runId, 'load-viz').some((l) => l.startsWith('pushed')), 'the output after the outage was read');
+  t.ok(
+    p.logLinesOf(runId, 'load-viz').some((l) => l.startsWith('pushed')),
+    'the output after the outage was read',
+  );
   t.same(await p.leftBehind(runId), []);
   t.same(await p.containers(second), []);
 });
@@ -130,7 +133,10 @@ t.test('a long-running service: 15 runs add no lasting abort listener (no MaxLis
     t.equal((await p.waitForRunEnd(runId, 30_000)).data.outcome, 'no-new-data');
   }
   await sleep(200);
-  t.same(warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message), []);
+  t.same(
+    warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message),
+    [],
+  );
 });
 
 t.test('a container killed for memory is recorded as exit 137 and OOM', async (t) => {
@@ -170,7 +176,10 @@ t.test('a container printing hundreds of megabytes: found, forwarded, and the se
   const done = await p.waitForSubject('transform.done', runId, 240_000);
   const peak = transformer.peakRss();
   t.equal(done.data.outcome, 'new-data', 'the phrase after the flood was found');
-  t.ok(peak - idle < 96 * 1024 * 1024, `peak RSS ${Math.round(peak / 2 ** 20)} MB vs idle ${Math.round(idle / 2 ** 20)} MB for ${megabytes} MB of log in ${Date.now() - started} ms`);
+  t.ok(
+    peak - idle < 96 * 1024 * 1024,
+    `peak RSS ${Math.round(peak / 2 ** 20)} MB vs idle ${Math.round(idle / 2 ** 20)} MB for ${megabytes} MB of log in ${Date.now() - started} ms`,
+  );
   await p.waitForRunEnd(runId, 60_000);
 });
 
@@ -182,7 +191,11 @@ t.test('labelled containers orphaned by an earlier crash are removed at start-up
   const foreign = uid('other');
   const running = uid('orphan');
   const exited = uid('orphan');
-  for (const [runId, script, owner] of [[running, 'sleep 120', instance], [exited, 'true', instance], [foreign, 'sleep 120', 'another-deployment']] as const) {
+  for (const [runId, script, owner] of [
+    [running, 'sleep 120', instance],
+    [exited, 'true', instance],
+    [foreign, 'sleep 120', 'another-deployment'],
+  ] as const) {
     const container = await docker.createContainer({
       name: containerName('transform', runId, owner),
       Image: TEST_IMAGES.transform,
@@ -199,6 +212,9 @@ t.test('labelled containers orphaned by an earlier crash are removed at start-up
   while ((await p.containers(running)).length + (await p.containers(exited)).length > 0 && Date.now() < deadline) await sleep(250);
   t.same(await p.containers(running), [], 'the running orphan was removed');
   t.same(await p.containers(exited), [], 'the exited orphan was removed');
-  t.ok(p.logLines.some((l) => l.includes('removing orphaned container')), 'and it was logged');
+  t.ok(
+    p.logLines.some((l) => l.includes('removing orphaned container')),
+    'and it was logged',
+  );
   t.equal((await p.containers(foreign)).length, 1, 'another deployment’s container on the same engine is left alone');
 });

@@ -115,7 +115,7 @@ t.test('a second transform.trigger while the first run is in its loads ends busy
   const busy = await p.waitForSubject('transform.done', second);
   t.equal(busy.data.outcome, 'busy');
   t.equal(busy.data.exitCode, null);
-  t.same(p.trail(second), ['transform.trigger', 'transform.done busy'], 'busy is the run\'s one terminal event');
+  t.same(p.trail(second), ['transform.trigger', 'transform.done busy'], "busy is the run's one terminal event");
   t.equal((await p.waitForRunEnd(first)).data.outcome, 'trained');
   t.same(p.starts('transform'), [first], 'no second transform container');
 });

@@ -51,7 +51,11 @@ t.test('the orphan sweeper leaves a container whose run holds its lock; one whos
   const made: string[] = [];
   t.teardown(async () => {
     await p.close();
-    for (const id of made) await docker.getContainer(id).remove({ force: true }).catch(() => undefined);
+    for (const id of made)
+      await docker
+        .getContainer(id)
+        .remove({ force: true })
+        .catch(() => undefined);
   });
   const instance = p.running?.instance ?? '';
   t.ok(instance !== '', 'the deployment has an id');
@@ -77,7 +81,11 @@ t.test('the orphan sweeper leaves a container whose run holds its lock; one whos
 
   // Well past the grace period and several sweeps (one every grace / 2).
   await sleep(Math.max(0, createdAt + 3 * GRACE_MS - Date.now()));
-  t.equal((await docker.getContainer(heldId).inspect()).State.Running, true, `the container of the locked run is still there and running ${Date.now() - createdAt} ms later (3 × grace)`);
+  t.equal(
+    (await docker.getContainer(heldId).inspect()).State.Running,
+    true,
+    `the container of the locked run is still there and running ${Date.now() - createdAt} ms later (3 × grace)`,
+  );
   t.ok(await exists(foreignId), 'the other deployment’s container is left alone');
   t.equal((await locks.read('transform'))?.value?.runId, held, 'the lock is still held for its run');
 

@@ -31,7 +31,8 @@ t.test('the phrase is found when it is not on the last line', async (t) => {
 });
 
 t.test('the phrase is found in a large log, past many chunks', async (t) => {
-  const script = 'i=0; while [ $i -lt 2000 ]; do echo "line $i of a long transform log padded to make it somewhat longer than usual"; i=$((i+1)); done | head -c 150000; echo; yes "filler output line" | head -n 300000; echo "New data was transformed"; yes "after" | head -n 1000';
+  const script =
+    'i=0; while [ $i -lt 2000 ]; do echo "line $i of a long transform log padded to make it somewhat longer than usual"; i=$((i+1)); done | head -c 150000; echo; yes "filler output line" | head -n 300000; echo "New data was transformed"; yes "after" | head -n 1000';
   const { p, runId, end } = await runOnce(t, { envFiles: { transform: { SCRIPT: script } } });
   t.equal(p.trail(runId)[1], 'transform.done new-data');
   t.equal(end.subject, 'model.done');
@@ -89,7 +90,10 @@ t.test('a gate that logs an error without the phrase means up-to-date', async (t
   t.equal(end.data.outcome, 'up-to-date');
   t.equal(end.data.exitCode, 0);
   t.same(p.starts('train'), []);
-  t.ok(p.logLinesOf(runId, 'model-trigger').some((l) => l.startsWith('ERROR')), 'the gate printed its own error');
+  t.ok(
+    p.logLinesOf(runId, 'model-trigger').some((l) => l.startsWith('ERROR')),
+    'the gate printed its own error',
+  );
 });
 
 t.test('a non-zero gate exit is a failure', async (t) => {

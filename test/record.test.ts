@@ -46,7 +46,10 @@ t.test('the run record holds each step: its trigger, containers (started, exited
   const transform = await read('transform');
   t.match(transform, { runId, step: 'transform', subject: 'transform.trigger', reason: 'record', published: 2, closed: true });
   t.match(transform?.containers, { transform: { state: 'removed', exitCode: 0, phraseFound: true } });
-  t.same((transform?.events as { subject: string }[]).map((e) => e.subject), ['transform.done', 'data.new']);
+  t.same(
+    (transform?.events as { subject: string }[]).map((e) => e.subject),
+    ['transform.done', 'data.new'],
+  );
   const load = await read('load');
   t.match(load?.containers, { 'load-processed': { state: 'removed', exitCode: 0 }, 'load-viz': { state: 'removed', exitCode: 0 } });
   t.match(await read('model-trigger'), { closed: true, events: [{ subject: 'model.mismatch' }] });

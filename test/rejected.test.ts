@@ -29,9 +29,16 @@ t.test('malformed events end on rejected.<subject>, start nothing, and the servi
       `${subject} rejected matching ${pattern}`,
     );
   }
-  t.ok(rejected.every((r) => typeof r.data.preview === 'string' && (r.data.preview as string).length <= 201), 'previews are bounded');
+  t.ok(
+    rejected.every((r) => typeof r.data.preview === 'string' && (r.data.preview as string).length <= 201),
+    'previews are bounded',
+  );
   t.same(p.starts('transform'), [], 'no container started');
-  t.same(p.events.filter((e) => e.subject.endsWith('.done')), [], 'no stage ran');
+  t.same(
+    p.events.filter((e) => e.subject.endsWith('.done')),
+    [],
+    'no stage ran',
+  );
   const runId = uid();
   await p.publish('transform.trigger', { runId });
   t.equal((await p.waitForRunEnd(runId)).data.outcome, 'no-new-data', 'still serving');
@@ -61,7 +68,11 @@ t.test('hostile input on every consumed subject is rejected, starts nothing, and
     t.equal(p.events.filter((e) => e.subject === `rejected.${subject}`).length, bodies.length, `every bad ${subject} reported on rejected.${subject}`);
   }
   t.same([...p.starts('transform'), ...p.starts('load'), ...p.starts('train')], [], 'no container started');
-  t.same(p.events.filter((e) => e.subject.endsWith('.done')), [], 'no stage ran');
+  t.same(
+    p.events.filter((e) => e.subject.endsWith('.done')),
+    [],
+    'no stage ran',
+  );
   const runId = uid();
   await p.publish('transform.trigger', { runId });
   t.equal((await p.waitForRunEnd(runId)).data.outcome, 'no-new-data', 'the services stayed up');

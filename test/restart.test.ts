@@ -91,7 +91,11 @@ t.test('a trigger published while the services stop is handed to the next instan
     const started = await msUntilStarted(p, runId, restarted);
     t.ok(started < 3000, `round ${round}: the transform container started ${started} ms after the restart`);
     t.equal((await p.waitForSubject('transform.done', runId, 20_000)).data.outcome, 'no-new-data', `round ${round}: the run ended`);
-    t.same(p.starts('transform').filter((r) => r === runId), [runId], 'one transform container');
+    t.same(
+      p.starts('transform').filter((r) => r === runId),
+      [runId],
+      'one transform container',
+    );
   }
   t.ok(handedBackWhileStopping > 0, `the stopping instance received a trigger and handed it back (${handedBackWhileStopping} of 3 rounds)`);
 });

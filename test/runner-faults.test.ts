@@ -80,8 +80,16 @@ t.test('the attach stream ends before the container exits: the rest is read from
   t.equal(proxy.endAttach(), 1, 'the attach connection was ended');
   const result = await running;
   t.match(result, { status: 'exited', exitCode: 0, phraseFound: true, timedOut: false, adopted: false });
-  t.same(lines.filter((l) => l.startsWith('line') || l === 'the phrase'), ['line 1', 'the phrase', 'line 3'], 'each stdout line once, in order');
-  t.same(lines.filter((l) => l.startsWith('err')), ['err 1', 'err 2'], 'each stderr line once, in order');
+  t.same(
+    lines.filter((l) => l.startsWith('line') || l === 'the phrase'),
+    ['line 1', 'the phrase', 'line 3'],
+    'each stdout line once, in order',
+  );
+  t.same(
+    lines.filter((l) => l.startsWith('err')),
+    ['err 1', 'err 2'],
+    'each stderr line once, in order',
+  );
   t.ok(logRequests(proxy) >= 1, 'the log was followed');
   t.same(await remaining(runId), []);
 });
@@ -290,5 +298,8 @@ t.test('one long-lived signal through 15 runs: no listener left behind, no MaxLi
     t.equal(getEventListeners(shutdown.signal, 'abort').length, 0, `no abort listener left after run ${i + 1}`);
   }
   await sleep(100); // warnings are emitted on the next tick
-  t.same(warnings.filter((w) => w === 'MaxListenersExceededWarning'), []);
+  t.same(
+    warnings.filter((w) => w === 'MaxListenersExceededWarning'),
+    [],
+  );
 });

@@ -92,10 +92,14 @@ t.test('the run’s container created but never started: replaced by a fresh one
 
 t.test('an image that is not there: PULL_POLICY=never refuses clearly, missing tries a pull and says why it failed', async (t) => {
   const image = 'brain-test-not-built:1';
-  const never = await runnerWith('never').runner.run(spec(uid(), 'true', { image })).catch((err: unknown) => err);
+  const never = await runnerWith('never')
+    .runner.run(spec(uid(), 'true', { image }))
+    .catch((err: unknown) => err);
   t.ok(never instanceof StageError);
   t.match(never, { code: ErrorCode.ImageNotFound, message: /brain-test-not-built:1 is not present and PULL_POLICY=never/ });
-  const missing = await runnerWith('missing').runner.run(spec(uid(), 'true', { image: '127.0.0.1:9/brain/nothing:1' })).catch((err: unknown) => err);
+  const missing = await runnerWith('missing')
+    .runner.run(spec(uid(), 'true', { image: '127.0.0.1:9/brain/nothing:1' }))
+    .catch((err: unknown) => err);
   t.match(missing, { code: ErrorCode.PullFailed, message: /pull image 127\.0\.0\.1:9\/brain\/nothing:1/ });
 });
 

@@ -62,7 +62,10 @@ t.test('the scheduler triggers on its cron (UTC); two replicas make one run per 
   const stored = await storedTriggers(p);
   t.ok(stored.length >= 2 && stored.length <= 5, `${stored.length} ticks in 3.5 s`);
   t.same(new Set(stored.map((s) => s.runId)).size, stored.length, 'each tick stored once although two replicas published it');
-  t.ok(stored.every((s) => /^s\d{8}T\d{6}Z$/.test(s.runId) && s.reason === 'schedule'), 'run ids name the tick');
+  t.ok(
+    stored.every((s) => /^s\d{8}T\d{6}Z$/.test(s.runId) && s.reason === 'schedule'),
+    'run ids name the tick',
+  );
 });
 
 t.test('a replica whose timer fires 1.2 s late (its process stopped across the tick) publishes the planned tick: one run; the schedule is UTC in a New York process', async (t) => {
@@ -94,7 +97,11 @@ t.test('a replica whose timer fires 1.2 s late (its process stopped across the t
     'the punctual replica and the late one published the same run id',
   );
   const stored = await storedTriggers(p);
-  t.same(stored.map((s) => ({ runId: s.runId, reason: s.reason })), [{ runId: scheduledRunId(tick), reason: 'schedule' }], 'exactly one transform.trigger stored for the tick');
+  t.same(
+    stored.map((s) => ({ runId: s.runId, reason: s.reason })),
+    [{ runId: scheduledRunId(tick), reason: 'schedule' }],
+    'exactly one transform.trigger stored for the tick',
+  );
 });
 
 t.test('no catch-up: ticks missed while the scheduler was stopped are never published, only later ones', async (t) => {
@@ -112,11 +119,17 @@ t.test('no catch-up: ticks missed while the scheduler was stopped are never publ
   await p.stopServices();
 
   const ticks = (await storedTriggers(p)).map((s) => tickOf(s.runId));
-  t.ok(ticks.some((at) => at < stoppedAt), 'ticks before the stop were published');
+  t.ok(
+    ticks.some((at) => at < stoppedAt),
+    'ticks before the stop were published',
+  );
   t.same(
     ticks.filter((at) => at > stoppedAt && at <= restartAt).map((at) => new Date(at).toISOString()),
     [],
     `no tick of the down time (${new Date(stoppedAt).toISOString()} to ${new Date(restartAt).toISOString()}) was published, not even the one 300 ms before the restart`,
   );
-  t.ok(ticks.some((at) => at > restartAt), 'the restarted scheduler publishes the ticks after its start');
+  t.ok(
+    ticks.some((at) => at > restartAt),
+    'the restarted scheduler publishes the ticks after its start',
+  );
 });

@@ -105,12 +105,7 @@ async function checkTransformContainer(t: tap.Test, p: Pipeline, runId: string, 
     t.equal(info.HostConfig.NetworkMode, network, 'the configured CONTAINER_NETWORK');
     t.same(Object.keys(info.NetworkSettings.Networks), [network], 'attached to that network only');
   }
-  const expectedEnv = [
-    ...Object.entries(transformEnv).map(([k, v]) => `${k}=${v}`),
-    `BRAIN_RUN_ID=${runId}`,
-    'BRAIN_STAGE=transform',
-    ...(image.Config.Env ?? []),
-  ];
+  const expectedEnv = [...Object.entries(transformEnv).map(([k, v]) => `${k}=${v}`), `BRAIN_RUN_ID=${runId}`, 'BRAIN_STAGE=transform', ...(image.Config.Env ?? [])];
   t.same([...info.Config.Env].sort(), expectedEnv.sort(), 'environment: the env file, BRAIN_RUN_ID, BRAIN_STAGE and the image’s own, nothing else');
 
   const end = await p.waitForRunEnd(runId);
@@ -153,8 +148,16 @@ t.test('11. no event payload chooses the image, mounts, environment, privileges 
     );
   }
   const ids = new Set(cases.map((c) => c.runId));
-  t.same(p.events.filter((e) => ids.has(String(e.data.runId)) && !rejected(e) && !(e.subject in VALID_BODIES)), [], 'no stage ran for a hostile event');
-  t.same(p.logBatches.filter((b) => ids.has(String(b.data.runId))), [], 'no container output for a hostile event');
+  t.same(
+    p.events.filter((e) => ids.has(String(e.data.runId)) && !rejected(e) && !(e.subject in VALID_BODIES)),
+    [],
+    'no stage ran for a hostile event',
+  );
+  t.same(
+    p.logBatches.filter((b) => ids.has(String(b.data.runId))),
+    [],
+    'no container output for a hostile event',
+  );
   t.same(await containersCreatedFor(ids, since, Math.floor(Date.now() / 1000) + 1), [], 'dockerd created no container for a hostile event');
 
   const name = await checkTransformContainer(t, p, valid, transformEnv, undefined);
@@ -238,7 +241,11 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
 
   // The topology first, as the admin user: the services may only read it.
   const setupOutput: string[] = [];
-  const setupCode = await runSetup({ NATS_URL: server.url, NATS_USER: 'admin', NATS_PASS: server.passwords.admin }, (l) => setupOutput.push(l), (l) => setupOutput.push(l));
+  const setupCode = await runSetup(
+    { NATS_URL: server.url, NATS_USER: 'admin', NATS_PASS: server.passwords.admin },
+    (l) => setupOutput.push(l),
+    (l) => setupOutput.push(l),
+  );
   t.equal(setupCode, 0, '`brain setup` as admin creates the topology', { setupOutput });
 
   const as: Partial<Record<NatsRole, NatsConnection>> = {};
@@ -264,7 +271,12 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
   const serviceLog: string[] = [];
   const sink = new Writable({
     write: (chunk: Buffer, _enc, cb) => {
-      serviceLog.push(...chunk.toString().split('\n').filter((l) => l.trim() !== ''));
+      serviceLog.push(
+        ...chunk
+          .toString()
+          .split('\n')
+          .filter((l) => l.trim() !== ''),
+      );
       cb();
     },
   });
@@ -298,9 +310,21 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
     'a full chain runs with every service as its own user, and the monitor sees each event',
     { serviceLog: serviceLog.filter((l) => /"level":(40|50|60)/.test(l)) },
   );
-  for (const stage of STAGES) t.ok(seen.some((m) => m.subject === `logs.${stage}.${runId}`), `the monitor sees the ${stage} log lines, published under the service's user`);
-  t.same(server.log.filter((l) => /Violation/.test(l)), [], 'nats-server logged no permission violation while the services ran');
-  t.same(serviceLog.filter((l) => /"level":(50|60)/.test(l)), [], 'no service logged an error');
+  for (const stage of STAGES)
+    t.ok(
+      seen.some((m) => m.subject === `logs.${stage}.${runId}`),
+      `the monitor sees the ${stage} log lines, published under the service's user`,
+    );
+  t.same(
+    server.log.filter((l) => /Violation/.test(l)),
+    [],
+    'nats-server logged no permission violation while the services ran',
+  );
+  t.same(
+    serviceLog.filter((l) => /"level":(50|60)/.test(l)),
+    [],
+    'no service logged an error',
+  );
   await Promise.all(running.splice(0).map((r) => r.stop()));
 
   // Every user publishes on every event subject: exactly its own get through, the rest are refused.
@@ -312,7 +336,14 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
     await nc.flush();
     await monitor.flush();
     const allowed = MAY_PUBLISH[role];
-    t.same(seen.filter((m) => m.data.includes(marker)).map((m) => m.subject).sort(), [...allowed].sort(), `${role}: its own subjects reach subscribers (${allowed.join(', ') || 'none'})`);
+    t.same(
+      seen
+        .filter((m) => m.data.includes(marker))
+        .map((m) => m.subject)
+        .sort(),
+      [...allowed].sort(),
+      `${role}: its own subjects reach subscribers (${allowed.join(', ') || 'none'})`,
+    );
     t.same(
       [...(refused[role] ?? [])].sort(),
       EVENT_SUBJECTS.filter((s) => !allowed.includes(s)).sort(),
@@ -320,7 +351,10 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
     );
   }
 
-  t.ok(server.log.some((l) => /Violation/.test(l)), 'nats-server logs the refused publishes (the violation check above can fail)');
+  t.ok(
+    server.log.some((l) => /Violation/.test(l)),
+    'nats-server logs the refused publishes (the violation check above can fail)',
+  );
 
   // The locks bucket: a service writes, the monitor and the operator read it and cannot change it.
   const key = `probe-${randomBytes(4).toString('hex')}`;
@@ -400,7 +434,11 @@ t.test('12. each role receives only its own replies and deliveries, and only adm
   });
   const setup = async () => {
     const lines: string[] = [];
-    const code = await runSetup({ NATS_URL: server.url, NATS_USER: 'admin', NATS_PASS: server.passwords.admin }, (l) => lines.push(l), (l) => lines.push(l));
+    const code = await runSetup(
+      { NATS_URL: server.url, NATS_USER: 'admin', NATS_PASS: server.passwords.admin },
+      (l) => lines.push(l),
+      (l) => lines.push(l),
+    );
     return { code, lines };
   };
   const first = await setup();
@@ -440,7 +478,7 @@ t.test('12. each role receives only its own replies and deliveries, and only adm
   as.scheduler.publish(ackSubject, '+TERM');
   await as.scheduler.flush();
   // The client reports the refusal through its status stream, a moment after the flush.
-  for (const deadline = Date.now() + 3000; !schedulerRefused.includes(ackSubject) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  for (const deadline = Date.now() + 3000; !schedulerRefused.includes(ackSubject) && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 20));
   t.ok(schedulerRefused.includes(ackSubject), 'the scheduler cannot terminate it (its +TERM is refused)');
   const pending = await (await jetstreamManager(as.operator)).consumers.info(EVENTS_STREAM, CONSUMERS.transformer.durable);
   t.same([pending.num_ack_pending, pending.ack_floor.stream_seq], [1, 0], 'the delivery is still pending for the transformer');
@@ -470,7 +508,11 @@ t.test('12. each role receives only its own replies and deliveries, and only adm
   t.equal((await admin.streams.update(EVENTS_STREAM, { max_msgs: 1 })).config.max_msgs, 1, `admin may update ${EVENTS_STREAM}`);
   const again = await setup();
   t.equal(again.code, 0, 'brain setup again');
-  t.ok(again.lines.some((l) => /updated the BRAIN_EVENTS stream: max_msgs 1 → unlimited/.test(l)), 'and reports the correction', { lines: again.lines });
+  t.ok(
+    again.lines.some((l) => /updated the BRAIN_EVENTS stream: max_msgs 1 → unlimited/.test(l)),
+    'and reports the correction',
+    { lines: again.lines },
+  );
   t.equal((await admin.streams.info(EVENTS_STREAM)).config.max_msgs, -1, `${EVENTS_STREAM} is back to unlimited`);
   t.ok(await permissionRefused(admin.streams.delete(EVENTS_STREAM)), `admin cannot delete ${EVENTS_STREAM}`);
   t.ok(await permissionRefused(admin.streams.purge(EVENTS_STREAM)), `admin cannot purge ${EVENTS_STREAM}`);
@@ -502,7 +544,9 @@ function secretLeaksIn(text: string, secrets: Record<string, string>): string[] 
       const pieces = Array.from({ length: line.length - FRAGMENT + 1 }, (_, j) => line.slice(j, j + FRAGMENT));
       const found = pieces.filter((piece) => text.includes(piece));
       if (found.length > 0) {
-        leaks.push(`${name}${lines.length > 1 ? ` line ${i + 1}` : ''}: ${text.includes(line) ? 'whole' : `${found.length} of its ${pieces.length} runs of ${FRAGMENT} characters, e.g. ${found[0]}`}`);
+        leaks.push(
+          `${name}${lines.length > 1 ? ` line ${i + 1}` : ''}: ${text.includes(line) ? 'whole' : `${found.length} of its ${pieces.length} runs of ${FRAGMENT} characters, e.g. ${found[0]}`}`,
+        );
       }
     });
   }
@@ -515,7 +559,12 @@ function secretLeaksIn(text: string, secrets: Record<string, string>): string[] 
  */
 async function everyOutput(p: Pipeline, runIds: readonly string[], logged: string): Promise<[string, string, string][]> {
   const cli = async (...args: string[]) => {
-    const { stdout, stderr } = await run(process.execPath, [BRAIN, ...args], { cwd: p.dirs.root, env: { ...process.env, NATS_URL: p.nats.url, NO_COLOR: '1' }, timeout: 30_000, maxBuffer: 16 * 1024 * 1024 });
+    const { stdout, stderr } = await run(process.execPath, [BRAIN, ...args], {
+      cwd: p.dirs.root,
+      env: { ...process.env, NATS_URL: p.nats.url, NO_COLOR: '1' },
+      timeout: 30_000,
+      maxBuffer: 16 * 1024 * 1024,
+    });
     return `${stdout}\n${stderr}`;
   };
   const last = runIds[runIds.length - 1] ?? '';
@@ -564,10 +613,17 @@ t.test('13. env-file secrets appear in no log, event, stream, `brain` output or 
   t.equal((await p.waitForRunEnd(failing)).data.outcome, 'failed', 'the second run’s transform failed');
 
   // The secrets did reach the containers, which printed them: the masked lines prove the search is not vacuous.
-  for (const stage of STAGES) t.ok(p.logLinesOf(chain, stage).some((l) => l.includes('****')), `${stage} printed its secret, masked in the forwarded line`);
+  for (const stage of STAGES)
+    t.ok(
+      p.logLinesOf(chain, stage).some((l) => l.includes('****')),
+      `${stage} printed its secret, masked in the forwarded line`,
+    );
   const failed = p.logBatches.filter((b) => b.data.runId === failing);
   for (const stream of ['stdout', 'stderr']) {
-    t.ok(failed.some((b) => b.data.stream === stream && (b.data.lines as string[]).some((l) => l.includes('****'))), `the failing stage's ${stream} line is masked`);
+    t.ok(
+      failed.some((b) => b.data.stream === stream && (b.data.lines as string[]).some((l) => l.includes('****'))),
+      `the failing stage's ${stream} line is masked`,
+    );
   }
   await checkNoSecretIn(t, p, [chain, failing], secrets, '****');
 });
@@ -587,6 +643,9 @@ t.test('13. a secret is masked inside a line longer than the 16 KiB cut, and in 
   });
   await p.publish('transform.trigger', { runId, reason: 'test' });
   t.equal((await p.waitForRunEnd(runId)).data.outcome, 'no-new-data', 'the run ended');
-  t.ok(p.logLinesOf(runId, 'transform').some((l) => l.startsWith('yyyy')), 'the long line was forwarded, in pieces');
+  t.ok(
+    p.logLinesOf(runId, 'transform').some((l) => l.startsWith('yyyy')),
+    'the long line was forwarded, in pieces',
+  );
   await checkNoSecretIn(t, p, [runId], { LONG_KEY: long, PEM: envFile.PEM }, 'yyyyyyyy');
 });

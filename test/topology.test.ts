@@ -12,17 +12,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError, StorageType, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { CONSUMERS, type ServiceName } from '../services';
-import {
-  EVENTS_STREAM,
-  LOCKS_BUCKET,
-  RUNS_BUCKET,
-  RUNS_MAX_AGE_MS,
-  TopologyError,
-  bucketStream,
-  inspectTopology,
-  lockReader,
-  openRuns,
-} from '../shared/nats';
+import { EVENTS_STREAM, LOCKS_BUCKET, RUNS_BUCKET, RUNS_MAX_AGE_MS, TopologyError, bucketStream, inspectTopology, lockReader, openRuns } from '../shared/nats';
 import { ensureTopology, loadConfig, runServices, wantedTopology } from '../services/composition-root';
 import { standInStageEnv } from '../kit/stand-ins';
 import { startNatsServer } from '../kit/nats-server';
@@ -76,7 +66,12 @@ t.test('a changed LOCK_TTL and ACK_WAIT reach the server at the next start (a co
   const logs: string[] = [];
   const sink = new Writable({
     write: (chunk: Buffer, _enc, cb) => {
-      logs.push(...chunk.toString().split('\n').filter((l) => l.trim() !== ''));
+      logs.push(
+        ...chunk
+          .toString()
+          .split('\n')
+          .filter((l) => l.trim() !== ''),
+      );
       cb();
     },
   });
@@ -209,7 +204,11 @@ t.test('`brain setup` exits 2 on a configuration error and on a setting the serv
   const ok = await brain(['setup'], { NATS_URL: nats.url }, { cwd: dirs.root });
   t.equal(ok.code, 0, 'without auth and with the defaults (LOCK_TTL 90 s, ACK_WAIT 30 s), setup creates it all', { stderr: ok.stderr });
   const states = await inspectTopology(nc, wantedTopology({ lockTtlMs: 90_000, ackWaitMs: 30_000 }));
-  t.same(states.filter((s) => s.missing || s.differences.length > 0), [], 'every part is there as declared');
+  t.same(
+    states.filter((s) => s.missing || s.differences.length > 0),
+    [],
+    'every part is there as declared',
+  );
 });
 
 t.test('what cannot change in place is refused, naming the part; concurrent starts on an empty server all converge', async (t) => {
@@ -223,19 +222,36 @@ t.test('what cannot change in place is refused, naming the part; concurrent star
   const [a] = conns as [NatsConnection, ...NatsConnection[]];
   const opts = { lockTtlMs: 30_000, ackWaitMs: 30_000 };
   const results = await Promise.allSettled(conns.map((nc) => ensureTopology(nc, opts)));
-  t.same(results.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled'], 'three processes creating the topology at once all succeed');
-  t.same((await inspectTopology(a, wantedTopology(opts))).filter((s) => s.missing || s.differences.length > 0), [], 'and it is as declared');
+  t.same(
+    results.map((r) => r.status),
+    ['fulfilled', 'fulfilled', 'fulfilled'],
+    'three processes creating the topology at once all succeed',
+  );
+  t.same(
+    (await inspectTopology(a, wantedTopology(opts))).filter((s) => s.missing || s.differences.length > 0),
+    [],
+    'and it is as declared',
+  );
 
   const jsm = await jetstreamManager(a);
   await jsm.consumers.delete(EVENTS_STREAM, CONSUMERS.trainer.durable);
-  await jsm.consumers.add(EVENTS_STREAM, { durable_name: CONSUMERS.trainer.durable, filter_subject: 'model.done', ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.New });
+  await jsm.consumers.add(EVENTS_STREAM, {
+    durable_name: CONSUMERS.trainer.durable,
+    filter_subject: 'model.done',
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.New,
+  });
   const err = await ensureTopology(a, opts).then(
     () => null,
     (e: unknown) => e,
   );
   t.type(err, TopologyError, 'a consumer on the wrong subject is refused with a TopologyError');
   t.equal((err as TopologyError).reason, 'cannot-converge', 'it cannot converge');
-  t.match((err as Error).message, /the trainer consumer \(on BRAIN_EVENTS\) has filter_subject model\.done .*needs model\.mismatch.*cannot change in place/, 'naming the part, the field and both values');
+  t.match(
+    (err as Error).message,
+    /the trainer consumer \(on BRAIN_EVENTS\) has filter_subject model\.done .*needs model\.mismatch.*cannot change in place/,
+    'naming the part, the field and both values',
+  );
 });
 
 t.test('the runs bucket as declared; a lock never written reads as null', async (t) => {
@@ -253,11 +269,7 @@ t.test('the runs bucket as declared; a lock never written reads as null', async 
   t.ok(missing instanceof TopologyError && missing.reason === 'missing', 'opening the runs bucket before setup: a TopologyError (missing), nothing created');
   await ensureTopology(nc, { lockTtlMs: 30_000, ackWaitMs: 30_000 });
   const config = await streamConfig(nc, bucketStream(RUNS_BUCKET));
-  t.same(
-    [config.max_msgs_per_subject, config.max_age, config.storage],
-    [1, RUNS_MAX_AGE_MS * 1_000_000, StorageType.File],
-    'runs: history 1, entries kept 30 days, file storage',
-  );
+  t.same([config.max_msgs_per_subject, config.max_age, config.storage], [1, RUNS_MAX_AGE_MS * 1_000_000, StorageType.File], 'runs: history 1, entries kept 30 days, file storage');
   const runs = await openRuns(nc);
   const revision = await runs.put('r1.transform', JSON.stringify({ state: 'started' }));
   t.same([(await runs.get('r1.transform'))?.json(), (await runs.get('r1.transform'))?.revision], [{ state: 'started' }, revision], 'a record is written and read back');

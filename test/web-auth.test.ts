@@ -19,8 +19,7 @@ t.before(async () => {
   await ensureTopology(admin, { lockTtlMs: 90_000, ackWaitMs: 30_000 });
   web = createWeb({
     // The web service has no NATS identity of its own here: every request brings its person's.
-    connect: ({ creds, name }) =>
-      connect({ servers: nats.url, name, ...(creds !== undefined ? { user: creds.user, pass: creds.pass, inboxPrefix: `_INBOX_${creds.user}` } : {}) }),
+    connect: ({ creds, name }) => connect({ servers: nats.url, name, ...(creds !== undefined ? { user: creds.user, pass: creds.pass, inboxPrefix: `_INBOX_${creds.user}` } : {}) }),
     logger: createLogger('web', 'debug', new Writable({ write: (c: Buffer, _e, cb) => (webLog.push(c.toString()), cb()) })),
     config: { host: '127.0.0.1', port: 0, transformSchedule: '0 * * * *', heartbeatMs: 1000, connectionIdleMs: 500 },
   });
@@ -41,8 +40,13 @@ async function http(method: string, path: string, auth: string | undefined, body
   const headers: Record<string, string> = {};
   if (auth !== undefined) headers.authorization = auth;
   if (body !== undefined) headers['content-type'] = 'application/json';
-  const res = await fetch(`http://127.0.0.1:${web.port}${path}`, { method, headers, ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}) });
+  const res = await fetch(`http://127.0.0.1:${web.port}${path}`, {
+    method,
+    headers,
+    ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
+  });
   const text = await res.text();
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a JSON response of any shape; the tests assert on its fields
   let json: any;
   try {
     json = JSON.parse(text);
@@ -147,5 +151,8 @@ t.test('no credential reaches a log line, an answer or an event', async (t) => {
   }
   const events = await http('GET', '/api/runs?limit=10', as('monitor'));
   t.notOk(JSON.stringify(events.json).includes(nats.passwords.operator));
-  t.ok(webLog.some((l) => l.includes('"user":"operator"')), 'the log names the user');
+  t.ok(
+    webLog.some((l) => l.includes('"user":"operator"')),
+    'the log names the user',
+  );
 });

@@ -15,18 +15,37 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A scheduler replica through the composition root, as `brain service scheduler` runs it: its log lines go to `lines`. */
 async function replica(url: string, name: string, lines: string[]): Promise<{ stop(): Promise<void> }> {
   const config = loadConfig({ NATS_URL: url, TRANSFORM_SCHEDULE: '* * * * * *', LOG_LEVEL: 'info', HEALTH_PORT: '0', HEALTH_HOST: '127.0.0.1' }, ['scheduler']);
-  const sink = new Writable({ write: (c: Buffer, _e, cb) => (lines.push(...c.toString().split('\n').filter((l) => l !== '').map((l) => `${name} ${l}`)), cb()) });
+  const sink = new Writable({
+    write: (c: Buffer, _e, cb) => (
+      lines.push(
+        ...c
+          .toString()
+          .split('\n')
+          .filter((l) => l !== '')
+          .map((l) => `${name} ${l}`),
+      ),
+      cb()
+    ),
+  });
   return runServices(['scheduler'], config, { logDestination: sink });
 }
 
 const webOn = async (url: string) => {
-  const web = createWeb({ connect: ({ name }) => connect({ servers: url, name, maxReconnectAttempts: -1, reconnectTimeWait: 200 }), logger: createLogger('web', 'silent'), config: { host: '127.0.0.1', port: 0, transformSchedule: '* * * * * *' } });
+  const web = createWeb({
+    connect: ({ name }) => connect({ servers: url, name, maxReconnectAttempts: -1, reconnectTimeWait: 200 }),
+    logger: createLogger('web', 'silent'),
+    config: { host: '127.0.0.1', port: 0, transformSchedule: '* * * * * *' },
+  });
   await web.start();
   return web;
 };
 
 const post = async (web: Web, path: string, body?: unknown) => {
-  const res = await fetch(`http://127.0.0.1:${web.port}${path}`, { method: 'POST', ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}) });
+  const res = await fetch(`http://127.0.0.1:${web.port}${path}`, {
+    method: 'POST',
+    ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
+  });
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a JSON response of any shape; the tests assert on its fields
   return { status: res.status, json: (await res.json()) as any };
 };
 
@@ -70,7 +89,10 @@ t.test('a pause set through the web is obeyed by two scheduler replicas, survive
   const hand = await post(web, '/api/runs', { pipeline: 'transform', reason: 'by hand while paused' });
   t.equal(hand.status, 202, 'a hand trigger goes through');
   await sleep(200);
-  t.ok(triggers.some((b) => b.runId === hand.json.runId), 'and is published');
+  t.ok(
+    triggers.some((b) => b.runId === hand.json.runId),
+    'and is published',
+  );
 
   // Everything restarts: the replicas, the web service and nats-server (same store).
   await Promise.all(replicas.map((r) => r.stop()));
@@ -106,5 +128,8 @@ t.test('a replica that cannot read the pause (its bucket deleted under it) skips
   await service.stop();
   await nc.close();
   t.equal(triggers.length, count, 'nothing published');
-  t.ok(lines.some((l) => l.includes('cannot read whether the schedule is paused')), 'the skip is logged');
+  t.ok(
+    lines.some((l) => l.includes('cannot read whether the schedule is paused')),
+    'the skip is logged',
+  );
 });

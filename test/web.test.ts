@@ -19,6 +19,7 @@ const quiet = () => new Writable({ write: (_c, _e, cb) => cb() });
 interface Answer {
   status: number;
   headers: Record<string, string | string[] | undefined>;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a JSON response of any shape; the tests assert on its fields
   json: any;
   text: string;
 }
@@ -39,6 +40,7 @@ const postJson = (port: number, path: string, body: unknown) => http(port, 'POST
 
 /** An SSE client over node:http, so a test can cut its connection and resume with Last-Event-ID. */
 function sse(port: number, path: string, headers: Record<string, string> = {}) {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- an event's JSON data of any shape; the tests assert on its fields
   const events: { id?: string; event?: string; data: any }[] = [];
   const comments: string[] = [];
   let buffer = '';
@@ -52,6 +54,7 @@ function sse(port: number, path: string, headers: Record<string, string> = {}) {
         while ((end = buffer.indexOf('\n\n')) >= 0) {
           const block = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
+          // eslint-disable-next-line @typescript-eslint/no-explicit-any -- an event's JSON data of any shape; the tests assert on its fields
           const e: { id?: string; event?: string; data: any } = { data: undefined };
           for (const line of block.split('\n')) {
             if (line.startsWith(':')) comments.push(line);
@@ -106,7 +109,13 @@ t.before(async () => {
   nats = await startNatsServer();
   dirs = makeRunDirs('brain-web-');
   // What the stand-in images do: new data, both loads, a mismatch, training.
-  const envFiles = { 'transform.env': "NEW_DATA='1'", 'linage_processed.env': "TARGET='processed'", 'linage_viz.env': "TARGET='viz'", 'model_trigger.env': "MISMATCH='1'", 'model.env': '' };
+  const envFiles = {
+    'transform.env': "NEW_DATA='1'",
+    'linage_processed.env': "TARGET='processed'",
+    'linage_viz.env': "TARGET='viz'",
+    'model_trigger.env': "MISMATCH='1'",
+    'model.env': '',
+  };
   for (const [file, text] of Object.entries(envFiles)) writeFileSync(join(dirs.env, file), `${text}\n`);
   const env = { NATS_URL: nats.url, BRAIN_ENV_DIR: dirs.env, ...standInStageEnv(dirs), HEALTH_PORT: '0', HEALTH_HOST: '127.0.0.1', LOG_LEVEL: 'warn' };
   const names = ['transformer', 'loader', 'model-gate', 'trainer'] as const;
@@ -133,10 +142,14 @@ t.teardown(async () => {
 });
 
 const runOf = (runId: string) =>
-  until(`run ${runId} to end`, async () => {
-    const r = await http(port, 'GET', `/api/runs/${runId}`);
-    return r.status === 200 && r.json.result !== 'running' ? r.json : undefined;
-  }, 60_000);
+  until(
+    `run ${runId} to end`,
+    async () => {
+      const r = await http(port, 'GET', `/api/runs/${runId}`);
+      return r.status === 200 && r.json.result !== 'running' ? r.json : undefined;
+    },
+    60_000,
+  );
 
 t.test('/healthz and /metrics answer without credentials; every answer has a strict CSP', async (t) => {
   const health = await http(port, 'GET', '/healthz');
@@ -219,12 +232,18 @@ t.test('POST /api/runs runs a whole chain; the run, its events and its container
   t.equal(logs.json.result, 'trained');
   const stages = new Set(logs.json.lines.map((l: { stage: string }) => l.stage));
   t.same([...stages].sort(), ['load-processed', 'load-viz', 'model-trigger', 'train', 'transform'], 'every stage has lines');
-  t.ok(logs.json.lines.some((l: { line: string }) => l.line.includes('New data was transformed')), 'the transform phrase is there');
+  t.ok(
+    logs.json.lines.some((l: { line: string }) => l.line.includes('New data was transformed')),
+    'the transform phrase is there',
+  );
   // Paging: the last two lines, then the ones before them, meet without gap or overlap.
   const last2 = await http(port, 'GET', `/api/runs/${runId}/logs?limit=2`);
   t.equal(last2.json.lines.length, 2);
   const before = await http(port, 'GET', `/api/runs/${runId}/logs?limit=3&before=${last2.json.before}`);
-  t.same([...before.json.lines, ...last2.json.lines].map((l: { line: string }) => l.line), logs.json.lines.slice(-5).map((l: { line: string }) => l.line));
+  t.same(
+    [...before.json.lines, ...last2.json.lines].map((l: { line: string }) => l.line),
+    logs.json.lines.slice(-5).map((l: { line: string }) => l.line),
+  );
 });
 
 t.test('the Airflow route takes the seed curl body {} and reports queued, then the outcome', async (t) => {
@@ -232,12 +251,16 @@ t.test('the Airflow route takes the seed curl body {} and reports queued, then t
   t.equal(posted.status, 200);
   t.match(posted.json, { dag_id: 'model_trigger_dag', state: 'queued', dag_run_id: /^w/, external_trigger: true, conf: {} });
   const id = posted.json.dag_run_id as string;
-  const done = await until('the DAG run to succeed', async () => {
-    const r = await http(port, 'GET', `/api/v1/dags/model_trigger_dag/dagRuns/${id}`);
-    t.equal(r.status, 200);
-    t.ok(['queued', 'running', 'success'].includes(r.json.state), r.json.state);
-    return r.json.state === 'success' ? r.json : undefined;
-  }, 60_000);
+  const done = await until(
+    'the DAG run to succeed',
+    async () => {
+      const r = await http(port, 'GET', `/api/v1/dags/model_trigger_dag/dagRuns/${id}`);
+      t.equal(r.status, 200);
+      t.ok(['queued', 'running', 'success'].includes(r.json.state), r.json.state);
+      return r.json.state === 'success' ? r.json : undefined;
+    },
+    60_000,
+  );
   t.equal(done.result, 'trained');
   const run = await runOf(id);
   t.same(run.trigger, { subject: 'model.trigger', reason: 'airflow api' });
@@ -278,8 +301,14 @@ t.test('GET /api/events: id is the stream sequence; a client reconnecting with L
   const consumer = await jetstream(client).consumers.get(EVENTS_STREAM, { opt_start_seq: Number(first.events[0]?.id) + 1, deliver_policy: 'by_start_sequence' as never });
   for await (const m of await consumer.fetch({ max_messages: 1000, expires: 1000 })) stored.push(m.seq);
   t.same(ids, stored, 'every stored event once, in order: no gap, no repeat');
-  t.ok(second.events.every((e) => e.event !== 'hello'), 'a resumed stream starts straight after the given id');
-  t.ok(first.comments.some((c) => c.startsWith(': keep-alive')), 'heartbeat comments on the stream');
+  t.ok(
+    second.events.every((e) => e.event !== 'hello'),
+    'a resumed stream starts straight after the given id',
+  );
+  t.ok(
+    first.comments.some((c) => c.startsWith(': keep-alive')),
+    'heartbeat comments on the stream',
+  );
 });
 
 t.test('the logs of a running run follow live over SSE and end with the run', async (t) => {
@@ -295,7 +324,11 @@ t.test('the logs of a running run follow live over SSE and end with the run', as
   t.same(end?.data, { result: 'trained' });
   const lines = stream.events.flatMap((e) => (e.event === 'tail' || e.event === 'lines' ? e.data.lines : []));
   const stored = await http(port, 'GET', `/api/runs/${runId}/logs?limit=5000`);
-  t.same(lines.map((l: { seq: number; i: number }) => `${l.seq}.${l.i}`), stored.json.lines.map((l: { seq: number; i: number }) => `${l.seq}.${l.i}`), 'each stored line once, in order');
+  t.same(
+    lines.map((l: { seq: number; i: number }) => `${l.seq}.${l.i}`),
+    stored.json.lines.map((l: { seq: number; i: number }) => `${l.seq}.${l.i}`),
+    'each stored line once, in order',
+  );
   await stream.ended;
 });
 
@@ -307,7 +340,11 @@ t.test('the schedule: GET shows it with its next tick; pause and resume are dura
   t.equal(paused.status, 200);
   t.match(paused.json, { paused: true, nextRun: null });
   // A new web service (a restart) reads the same durable state.
-  const other = createWeb({ connect: ({ name }) => connect({ servers: nats.url, name }), logger: createLogger('web', 'silent'), config: { host: '127.0.0.1', port: 0, transformSchedule: '0 * * * *' } });
+  const other = createWeb({
+    connect: ({ name }) => connect({ servers: nats.url, name }),
+    logger: createLogger('web', 'silent'),
+    config: { host: '127.0.0.1', port: 0, transformSchedule: '0 * * * *' },
+  });
   await other.start();
   t.teardown(() => other.stop());
   t.equal((await http(other.port, 'GET', '/api/schedule')).json.paused, true);
@@ -326,7 +363,10 @@ t.test('paging: limit and the next cursor walk every run once, newest first', as
     before = page.json.next;
   } while (before !== null);
   const one = await http(port, 'GET', '/api/runs?limit=200');
-  t.same(all, one.json.runs.map((r: { runId: string }) => r.runId));
+  t.same(
+    all,
+    one.json.runs.map((r: { runId: string }) => r.runId),
+  );
   t.equal(new Set(all).size, all.length, 'no run twice');
   t.ok(all.length >= 5, `${all.length} runs`);
   t.notOk(webLog.join('').includes('"level":50'), 'the web service logged no error');

@@ -46,7 +46,8 @@ export function transformerHandler(deps: ServiceDeps): Handler<'transform.trigge
     }
     const failure = failureOf(result, plan.timeoutMs);
     if (failure !== undefined || !result.phraseFound) {
-      const body = failure !== undefined ? { outcome: 'failed' as const, exitCode: result.exitCode, error: failure } : { outcome: 'no-new-data' as const, exitCode: result.exitCode };
+      const body =
+        failure !== undefined ? { outcome: 'failed' as const, exitCode: result.exitCode, error: failure } : { outcome: 'no-new-data' as const, exitCode: result.exitCode };
       return step.finish([done(body)], () => lease.release());
     }
     // The lease is handed off before data.new: the loader takes it over from here.

@@ -14,8 +14,12 @@ export interface Credentials {
 /** Opens a NATS connection: as `creds` when given, else with the web service's own configured identity (if any). */
 export type ConnectNats = (opts: { creds?: Credentials; name: string }) => Promise<NatsConnection>;
 
-const User = z.string().min(1).max(128).regex(/^[^\s\x00-\x1f:]+$/);
-const Pass = z.string().min(1).max(1024).regex(/^[^\x00-\x1f]+$/);
+// eslint-disable-next-line no-control-regex -- control characters are what it refuses
+const USER_CHARS = /^[^\s\x00-\x1f:]+$/;
+// eslint-disable-next-line no-control-regex -- control characters are what it refuses
+const PASS_CHARS = /^[^\x00-\x1f]+$/;
+const User = z.string().min(1).max(128).regex(USER_CHARS);
+const Pass = z.string().min(1).max(1024).regex(PASS_CHARS);
 
 /** The credentials of a Basic header, or null when it is missing or malformed. */
 export function parseBasic(header: string | undefined): Credentials | null {
@@ -94,9 +98,12 @@ export function createConnectionPool(deps: { connect: ConnectNats; logger: Logge
       fresh.nc.then(
         (nc) => {
           // Closed by the server (a password changed, the user removed): the next request connects again.
-          nc.closed().then(() => {
-            if (entries.get(key) === fresh) entries.delete(key);
-          }, () => undefined);
+          nc.closed().then(
+            () => {
+              if (entries.get(key) === fresh) entries.delete(key);
+            },
+            () => undefined,
+          );
         },
         () => {
           if (entries.get(key) === fresh) entries.delete(key);

@@ -102,7 +102,11 @@ function stageOf(step: Step, r: StepRecord, now: number): { view: StageView; ter
     case 'train': {
       const body = ending(r, 'model.done');
       const outcome = String(body?.outcome ?? 'failed');
-      return { view: view(outcome, body, num(body?.exitCode) ?? num(containerOf('train')?.exitCode) ?? null), terminal: (TERMINAL.has(outcome) ? outcome : 'failed') as RunResult, next: false };
+      return {
+        view: view(outcome, body, num(body?.exitCode) ?? num(containerOf('train')?.exitCode) ?? null),
+        terminal: (TERMINAL.has(outcome) ? outcome : 'failed') as RunResult,
+        next: false,
+      };
     }
   }
 }

@@ -2,7 +2,12 @@ import { z } from 'zod';
 import { MAX_REASON_CHARS, RunId } from '../../shared/events';
 
 const intFromQuery = (min: number, max: number, fallback: number) =>
-  z.coerce.number({ message: `must be a whole number from ${min} to ${max}` }).int(`must be a whole number from ${min} to ${max}`).min(min).max(max).default(fallback);
+  z.coerce
+    .number({ message: `must be a whole number from ${min} to ${max}` })
+    .int(`must be a whole number from ${min} to ${max}`)
+    .min(min)
+    .max(max)
+    .default(fallback);
 
 export const RunsQuery = z.strictObject({
   limit: intFromQuery(1, 200, 25),

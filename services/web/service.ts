@@ -160,9 +160,9 @@ export function createWeb(deps: WebDeps): Web {
   }
 
   app.setErrorHandler((err, req, reply) => {
-    let status = 500;
-    let code = 'INTERNAL';
-    let message = 'internal error';
+    let status: number;
+    let code: string;
+    let message: string;
     if (err instanceof HttpError) [status, code, message] = [err.status, err.code, err.message];
     else if (err instanceof AuthRefused || isAuthRefused(err)) [status, code, message] = [401, 'UNAUTHORIZED', 'the NATS server refused these credentials'];
     else if (isPermissionDenied(err)) {
@@ -312,7 +312,13 @@ export function createWeb(deps: WebDeps): Web {
     const next = new Cron(config.transformSchedule, { timezone: 'UTC', paused: true });
     const nextRun = state.paused ? null : (next.nextRun()?.toISOString() ?? null);
     next.stop();
-    return { paused: state.paused, schedule: config.transformSchedule, nextRun, ...(state.by !== undefined ? { changedBy: state.by } : {}), ...(state.at !== undefined && state.at !== new Date(0).toISOString() ? { changedAt: state.at } : {}) };
+    return {
+      paused: state.paused,
+      schedule: config.transformSchedule,
+      nextRun,
+      ...(state.by !== undefined ? { changedBy: state.by } : {}),
+      ...(state.at !== undefined && state.at !== new Date(0).toISOString() ? { changedAt: state.at } : {}),
+    };
   }
 
   /**

@@ -80,10 +80,13 @@ export async function startNatsProxy(target: { host?: string; port: number }): P
     client.on('error', drop).on('close', drop);
     upstream.on('error', drop).on('close', drop);
     upstream.pipe(client);
-    const parser = clientProtocolParser((chunk) => upstream.write(chunk), (pub) => {
-      publishes.push(pub);
-      return !shouldDrop(pub);
-    });
+    const parser = clientProtocolParser(
+      (chunk) => upstream.write(chunk),
+      (pub) => {
+        publishes.push(pub);
+        return !shouldDrop(pub);
+      },
+    );
     client.on('data', (chunk: Buffer) => {
       try {
         parser(chunk);

@@ -3,6 +3,7 @@ import { Writable } from 'node:stream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AckPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { headers as natsHeaders } from '@nats-io/nats-core';
+import { Kvm } from '@nats-io/kv';
 import { createEventBus, elapsedMs, monotonicNow, OutgoingEventError, type EventBus, type HandlerResult } from '../shared/bus';
 import { MAX_ERROR_CHARS, MAX_REASON_CHARS, type EventBody } from '../shared/events';
 import { ErrorCode } from '../shared/errors';
@@ -360,6 +361,12 @@ t.test('the transformer cut off NATS for longer than the ack wait mid-container:
   const runId = uid();
   await p.publish('transform.trigger', { runId });
   await until('the transform container', () => p.starts('transform').includes(runId));
+  // The handler has recorded its container (a record write cut off would fail the handler, not leave it running).
+  const runs = await new Kvm(p.client).open('runs');
+  await until(
+    'the container in the run record',
+    async () => (await runs.get(`${runId}.transform`))?.json<{ containers: { transform?: { state: string } } }>().containers.transform?.state === 'started',
+  );
   await proxy.cut();
   await sleep(6000); // three ack waits: the server gives the trigger up and redelivers it on reconnect
   proxy.restore();

@@ -1,5 +1,5 @@
 import type { NatsConnection } from '@nats-io/transport-node';
-import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamManager, JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { EVENTS_STREAM } from '../shared/nats';
 import { generatedRunId } from '../shared/service';
 import { CliError } from './client';
@@ -24,7 +24,7 @@ export async function streamState(jsm: JetStreamManager, stream: string, subject
   try {
     return (await jsm.streams.info(stream, subjectsFilter !== undefined ? { subjects_filter: subjectsFilter } : {})).state;
   } catch (err) {
-    if (/stream not found/i.test(String((err as Error).message))) {
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) {
       throw new CliError(`stream ${stream} does not exist: no brain service has connected to this NATS server yet`);
     }
     throw err;

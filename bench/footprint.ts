@@ -3,6 +3,7 @@ import { rmSync } from 'node:fs';
 import type { ClusterPipeline } from '../kit/cluster-pipeline';
 import { buildComposeImages, localComposeProject } from '../kit/compose';
 import { makeRunDirs } from '../kit/run-dirs';
+import { SERVICE_NAMES } from '../services/index';
 import { exec, pssKb, sampleProc } from './util';
 
 /** Idle VmRSS and PSS (kB) of each service child process. */
@@ -22,7 +23,7 @@ function parseMem(text: string): number {
 }
 
 /**
- * Brings up the repository's docker-compose.yml (nats and the five services, images built on this
+ * Brings up the repository's docker-compose.yml (nats and every service, images built on this
  * machine as the compose smoke test does), waits until healthy and idle, and reads `docker stats --no-stream`.
  */
 export async function composeFootprint(): Promise<Record<string, number>> {
@@ -31,7 +32,7 @@ export async function composeFootprint(): Promise<Record<string, number>> {
   const { project } = localComposeProject('brainbench', dirs);
   try {
     await project.compose('up', '-d', '--no-build');
-    const containers = await project.waitHealthy(6, 120_000);
+    const containers = await project.waitHealthy(1 + SERVICE_NAMES.length, 120_000);
     await new Promise((r) => setTimeout(r, 5000));
     const stats = await exec('docker', ['stats', '--no-stream', '--format', '{{.ID}} {{.MemUsage}}', ...containers.map((c) => c.Id)]);
     const out: Record<string, number> = {};

@@ -1,5 +1,5 @@
 /**
- * The pipeline the bench measures: the kit's ClusterPipeline on its own nats-server, all five services as
+ * The pipeline the bench measures: the kit's ClusterPipeline on its own nats-server, every service (the web one included) as
  * child processes (as deployed), every stage a no-op, events observed as they arrive (core subscriptions).
  */
 import { join } from 'node:path';

@@ -90,6 +90,8 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq?: number }> 
       ...standInStageEnv(dirs),
       HEALTH_PORT: '0',
       HEALTH_HOST: '127.0.0.1',
+      WEB_PORT: '0',
+      WEB_HOST: '127.0.0.1',
       LOG_LEVEL: 'info',
       ...opts.env,
     };

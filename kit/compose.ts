@@ -64,6 +64,7 @@ const NATS_USERS = {
   trainer: 'NATS_TRAINER_PASS',
   monitor: 'NATS_MONITOR_PASS',
   operator: 'NATS_OPERATOR_PASS',
+  web: 'NATS_WEB_PASS',
 } as const;
 export type ComposeNatsUser = keyof typeof NATS_USERS;
 /** The NATS user name of each key of NATS_USERS. */
@@ -71,7 +72,7 @@ export const natsUserName = (user: ComposeNatsUser): string => (user === 'modelG
 
 /**
  * A uniquely named project of the repository's docker-compose.yml on the images `buildComposeImages`
- * makes: the stand-in stages on `dirs`, NATS on a random loopback port (2.9's config), and a fresh
+ * makes: the stand-in stages on `dirs`, NATS and the web service on random loopback ports (2.9's config), and a fresh
  * password for each NATS user set through its variable, or with `'generated'` none set, so that the stack
  * makes its own (read them with `project.natsPasswords()`). `env` adds or overrides variables.
  */
@@ -91,6 +92,8 @@ export function localComposeProject(
     NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
     NATS_CONFIG: 'nats-2.9.conf',
     NATS_PUBLISH: '127.0.0.1:',
+    // The web service on a free loopback port of the host (`project.published('web', 8088)`).
+    WEB_PORT: '0',
     BRAIN_ENV_HOST_DIR: dirs.env,
     ...standInStageEnv(dirs),
     ...passwordEnv,

@@ -27,6 +27,7 @@ export interface PipelineOptions {
   env?: Record<string, string>;
   /** Contents of each stage's env file. */
   envFiles?: EnvFiles;
+  /** The services to run (default: every service but the scheduler and the web service). */
   services?: readonly ServiceName[];
   /** Docker client for the services (default: the local engine). */
   docker?: Docker;
@@ -61,11 +62,14 @@ export class Pipeline extends EventLog {
       ...standInStageEnv(dirs),
       HEALTH_PORT: '0',
       HEALTH_HOST: '127.0.0.1',
+      // The web service, when a test includes it: a free loopback port (its `web service listening` log line names it).
+      WEB_PORT: '0',
+      WEB_HOST: '127.0.0.1',
       LOG_LEVEL: 'debug',
       ...opts.env,
     };
     const client = await connect({ servers: nats.url, name: 'test-observer' });
-    const pipeline = new Pipeline(nats, client, dirs, env, opts.services ?? SERVICE_NAMES.filter((s) => s !== 'scheduler'), opts.docker ?? docker);
+    const pipeline = new Pipeline(nats, client, dirs, env, opts.services ?? SERVICE_NAMES.filter((s) => s !== 'scheduler' && s !== 'web'), opts.docker ?? docker);
     pipeline.observe(opts.recordLogs ?? true);
     try {
       await pipeline.startServices();

@@ -4,13 +4,14 @@ import { modelGate } from './model-gate/definition';
 import { scheduler } from './scheduler/definition';
 import { trainer } from './trainer/definition';
 import { transformer } from './transformer/definition';
+import { web } from './web/definition';
 
 /**
  * Every service, in start order: a new service is one folder with a `definition.ts` and one line here.
  * Each definition says what the service consumes, the stages it runs, the lock it holds and the settings it needs;
  * everything else is derived from this list.
  */
-export const SERVICES = [scheduler, transformer, loader, modelGate, trainer] as const;
+export const SERVICES = [scheduler, transformer, loader, modelGate, trainer, web] as const;
 
 export type ServiceDefinitions = (typeof SERVICES)[number];
 export type ServiceName = ServiceDefinitions['name'];

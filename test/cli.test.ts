@@ -125,7 +125,7 @@ t.test('the brain CLI against a live pipeline', async (t) => {
     });
     t.same(
       status.services.map((s) => `${s.service} ${s.up ? 'up' : 'down'}`),
-      ['scheduler down', 'transformer up', 'loader up', 'model-gate up', 'trainer up'],
+      ['scheduler down', 'transformer up', 'loader up', 'model-gate up', 'trainer up', 'web down'],
     );
     t.match(status.locks.find((l) => l.key === 'transform')?.holder, /^(transformer|loader|model-gate):/);
     t.match(text, /^ {2}transform +held +run slow-run \(\S+\) by \S+, for [\d.]+m?s, refreshed/m);

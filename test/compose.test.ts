@@ -57,7 +57,7 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     throw new Error(`${err.message}\n${await project.compose('logs', '--no-color', '--tail', '30')}`);
   });
   const containers = await project.waitHealthy(1 + SERVICE_NAMES.length, 120_000);
-  t.pass('nats and the five services are healthy, after the one-shot setup exited 0');
+  t.pass(`nats and the ${SERVICE_NAMES.length} services (${SERVICE_NAMES.join(', ')}) are healthy, after the one-shot setup exited 0`);
   const setupLog = await project.compose('logs', '--no-color', 'setup');
   for (const part of ['the BRAIN_EVENTS stream', 'the locks bucket (KV_locks)', 'the runs bucket (KV_runs)', 'the transformer consumer']) {
     t.match(setupLog, `created ${part}`, `setup (as admin) created ${part}`);
@@ -75,6 +75,7 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     t.equal(socket, DOCKER_SERVICES.includes(name), `${name}: Docker socket ${socket ? 'mounted' : 'not mounted'}`);
   }
   t.equal(byService.get('scheduler')?.Config.User, 'node', 'the scheduler runs as the non-root node user');
+  t.equal(byService.get('web')?.Config.User, '1002:1002', 'the web service runs as its own non-root uid');
 
   const servers = `nats://${await project.published('nats', 4222)}`;
   t.match(servers, /^nats:\/\/127\.0\.0\.1:\d+$/, 'NATS published on loopback only');
@@ -98,6 +99,18 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
       () => 'refused',
     );
     t.equal(read, 'refused', `the scheduler cannot read ${other}'s password`);
+  }
+  t.equal((await project.compose('exec', '-T', 'web', 'cat', '/run/brain-secrets/web')).trim(), pass.web, 'the web service reads its own');
+  for (const [reader, other] of [
+    ['web', 'scheduler'],
+    ['web', 'operator'],
+    ['scheduler', 'web'],
+  ] as const) {
+    const read = await project.compose('exec', '-T', reader, 'cat', `/run/brain-secrets/${other}`).then(
+      () => 'read',
+      () => 'refused',
+    );
+    t.equal(read, 'refused', `the ${reader} service cannot read ${other}'s password`);
   }
 
   // NATS's monitoring port (no authentication) is not reachable from the other containers.
@@ -171,6 +184,25 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
   t.same(readdirSync(join(dirs.aws, 'remote', 'processed')), [`${runId}.csv`], 'processed data pushed to the remote');
   t.same(readdirSync(join(dirs.aws, 'remote', 'viz')), [`${runId}.png`], 'viz data pushed to the remote');
   t.ok(existsSync(join(dirs.aws, 'models', `${runId}.bin`)), 'model written');
+
+  // The web service, through its port published on the host's loopback: NATS credentials by HTTP Basic.
+  const webAt = await project.published('web', 8088);
+  t.match(webAt, /^127\.0\.0\.1:\d+$/, 'the web service is published on loopback only');
+  const runsPage = (user?: 'monitor' | 'operator') =>
+    fetch(`http://${webAt}/api/runs?limit=5`, user !== undefined ? { headers: { authorization: `Basic ${Buffer.from(`${user}:${pass[user]}`).toString('base64')}` } } : {});
+  const anonymous = await runsPage();
+  t.equal(anonymous.status, 401, 'GET /api/runs without credentials: 401');
+  t.match(anonymous.headers.get('www-authenticate'), /^Basic /, 'asking for Basic credentials');
+  for (const user of ['monitor', 'operator'] as const) {
+    const res = await runsPage(user);
+    t.equal(res.status, 200, `GET /api/runs with the generated ${user} credentials: 200`);
+    const body = (await res.json()) as { runs: { runId: string; result: string }[] };
+    t.match(
+      body.runs.find((r) => r.runId === runId),
+      { result: 'trained' },
+      `${user} sees the run, trained`,
+    );
+  }
 
   // The services' users only read the topology: the transformer's cannot cut the event stream.
   const transformer = await connect({ servers, user: 'transformer', pass: pass.transformer, name: 'compose-test-transformer', inboxPrefix: '_INBOX_transformer' });

@@ -79,7 +79,7 @@ t.test('brain service with a bad configuration lists every problem and exits 2',
 t.test('brain service rejects an unknown service name', async (t) => {
   const { code, stderr } = await runBrain(['service', 'nope'], {});
   t.not(code, 0);
-  t.match(stderr, /must be one of scheduler, transformer, loader, model-gate, trainer/);
+  t.match(stderr, /must be one of scheduler, transformer, loader, model-gate, trainer, web/);
 });
 
 t.test('brain up and brain service exit cleanly on SIGTERM and SIGINT', async (t) => {
@@ -88,10 +88,24 @@ t.test('brain up and brain service exit cleanly on SIGTERM and SIGINT', async (t
     await server.stop();
     await server.cleanup();
   });
-  const env = { NATS_URL: server.url, HOST_AWS_DIR: '/tmp', HOST_PROCESSED_DIR: '/tmp', HOST_VIZ_DIR: '/tmp', HEALTH_PORT: '0', HEALTH_HOST: '127.0.0.1' };
+  const env = {
+    NATS_URL: server.url,
+    HOST_AWS_DIR: '/tmp',
+    HOST_PROCESSED_DIR: '/tmp',
+    HOST_VIZ_DIR: '/tmp',
+    HEALTH_PORT: '0',
+    HEALTH_HOST: '127.0.0.1',
+    WEB_PORT: '0',
+    WEB_HOST: '127.0.0.1',
+  };
   const up = await runBrain(['up'], env, { waitFor: /services started/ });
   t.equal(up.code, 0, 'brain up exit code');
+  t.match(up.stdout, /"services":\["scheduler","transformer","loader","model-gate","trainer","web"\]/, 'brain up runs every service, the web one included');
+  t.match(up.stdout, /"msg":"web service listening"/);
   t.match(up.stdout, /"msg":"services stopped"/);
+  const web = await runBrain(['service', 'web'], env, { waitFor: /services started/ });
+  t.equal(web.code, 0, 'brain service web exit code');
+  t.match(web.stdout, /"services":\["web"\]/, 'brain service web runs it alone');
   const one = await runBrain(['service', 'scheduler'], env, { waitFor: /services started/ });
   t.equal(one.code, 0, 'brain service exit code');
   t.match(one.stdout, /"service":"scheduler"/);

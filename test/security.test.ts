@@ -218,6 +218,7 @@ const MAY_PUBLISH: Record<NatsRole, string[]> = {
   trainer: ['model.done', 'rejected.model.mismatch', 'logs.train.probe'],
   monitor: [],
   operator: ['transform.trigger', 'model.trigger'],
+  web: [],
 };
 
 t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves, nobody publishes beyond their role', async (t) => {
@@ -267,7 +268,7 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
   });
   await monitor.flush();
 
-  // The five services, each in its own runServices as its own NATS user, like the compose stack.
+  // Every service (the web one too), each in its own runServices as its own NATS user, like the compose stack.
   const serviceLog: string[] = [];
   const sink = new Writable({
     write: (chunk: Buffer, _enc, cb) => {
@@ -290,6 +291,8 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
       TRANSFORM_SCHEDULE: '0 0 1 1 *',
       HEALTH_PORT: '0',
       HEALTH_HOST: '127.0.0.1',
+      WEB_PORT: '0',
+      WEB_HOST: '127.0.0.1',
     };
     running.push(await runServices([name], loadConfig(env, [name]), { logDestination: sink }));
   }
@@ -396,6 +399,10 @@ t.test('12. the NATS users of deploy/nats/auth.conf: services run as themselves,
   }
   t.ok(await permissionRefused((await new Kvm(as.scheduler as NatsConnection).open(RUNS_BUCKET)).put(record, 'forged')), 'the scheduler cannot write the runs bucket');
   t.equal((await (await new Kvm(as.monitor as NatsConnection).open(RUNS_BUCKET)).get(record))?.string(), 'started', 'the run record is unchanged');
+  // The web service's own user reads nothing: people read (and act) through the web on their own credentials.
+  const webUser = as.web as NatsConnection;
+  t.ok(await permissionRefused((await new Kvm(webUser).open(RUNS_BUCKET)).get(record)), "the web service's own user cannot read the runs bucket");
+  t.ok(await permissionRefused((await jetstreamManager(webUser)).streams.getMessage(EVENTS_STREAM, { seq: 1 })), 'nor the events stream');
 });
 
 /** Resolves true when the operation is refused with the client's permission error (by class), false when it succeeds. */
@@ -422,7 +429,7 @@ async function subscriptionRefusal(nc: NatsConnection, subject: string): Promise
   return err instanceof Error ? err : null;
 }
 
-const SERVICE_ROLES = ['scheduler', 'transformer', 'loader', 'model-gate', 'trainer'] as const;
+const SERVICE_ROLES = ['scheduler', 'transformer', 'loader', 'model-gate', 'trainer', 'web'] as const;
 
 t.test('12. each role receives only its own replies and deliveries, and only admin changes the topology', async (t) => {
   const server = await startAuthNatsServer();

@@ -11,15 +11,16 @@
 # a value still holding a `change-me` placeholder of .env.example is refused, and nats-server does not start.
 #
 # Each service reads only its own file (NATS_PASS_FILE): files are mode 400, the scheduler's owned by uid 1000 (the
-# image's `node` user it runs as), admin's by uid 1001 (the `setup` service's user), every other one by root. The
-# four services that run as root hold the Docker socket, which is root on the host anyway.
+# image's `node` user it runs as), admin's by uid 1001 (the `setup` service's user), web's by uid 1002 (the `web`
+# service's user), every other one by root. The four services that run as root hold the Docker socket, which is root
+# on the host anyway.
 set -eu
 
 dir=/run/brain-secrets
 # user:variable:owner uid
 users="admin:NATS_ADMIN_PASS:1001 scheduler:NATS_SCHEDULER_PASS:1000 transformer:NATS_TRANSFORMER_PASS:0
 loader:NATS_LOADER_PASS:0 model-gate:NATS_MODEL_GATE_PASS:0 trainer:NATS_TRAINER_PASS:0
-monitor:NATS_MONITOR_PASS:0 operator:NATS_OPERATOR_PASS:0"
+monitor:NATS_MONITOR_PASS:0 operator:NATS_OPERATOR_PASS:0 web:NATS_WEB_PASS:1002"
 
 die() {
   echo "passwords.sh: $*" >&2

@@ -5,8 +5,8 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 
-/** The users of deploy/nats/auth.conf. `admin` may only create and update the topology (`brain setup`). */
-export const NATS_ROLES = ['admin', 'scheduler', 'transformer', 'loader', 'model-gate', 'trainer', 'monitor', 'operator'] as const;
+/** The users of deploy/nats/auth.conf. `admin` may only create and update the topology (`brain setup`); `web` is the web service's own identity. */
+export const NATS_ROLES = ['admin', 'scheduler', 'transformer', 'loader', 'model-gate', 'trainer', 'monitor', 'operator', 'web'] as const;
 export type NatsRole = (typeof NATS_ROLES)[number];
 
 const DEPLOY_NATS = resolve(__dirname, '../../../deploy/nats');

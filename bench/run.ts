@@ -3,8 +3,8 @@
  * a table of ratios (medians of BENCH_REPS repetitions). Sizes come from the environment:
  *
  *   BENCH_REPS=5  BENCH_LOG_MB=50  BENCH_MEM_MB=256  BENCH_EVENTS=500  BENCH_CONTENDERS=50
- *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=5  BENCH_COMPOSE=1
- *   BENCH_SECTIONS=chain,floor,logs,memory,bus,footprint,load,compose  BENCH_CPU_PROF=<dir> (profiles the services)
+ *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=5  BENCH_COMPOSE=1  BENCH_WEB_RUNS=10000
+ *   BENCH_SECTIONS=chain,floor,logs,memory,bus,footprint,load,web,compose  BENCH_CPU_PROF=<dir> (profiles the services)
  */
 import { buildTestImages } from '../kit/stand-ins';
 import { SERVICE_NAMES } from '../services/index';
@@ -15,6 +15,7 @@ import { composeFootprint, serviceMemory } from './footprint';
 import { benchLoad } from './load';
 import { benchLogMemory, benchLogScan } from './logscan';
 import { startStack } from './stack';
+import { benchWebRuns } from './web-runs';
 import { envInt, median, percentile, removeBenchContainers } from './util';
 
 const MB = 1024 * 1024;
@@ -27,7 +28,8 @@ const cfg = {
   lockRounds: envInt('BENCH_LOCK_ROUNDS', 20),
   triggers: envInt('BENCH_TRIGGERS', 1000),
   loadBatches: envInt('BENCH_LOAD_BATCHES', 5),
-  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,floor,logs,memory,bus,footprint,load,compose').split(',').filter((s) => s !== '')),
+  webRuns: envInt('BENCH_WEB_RUNS', 10_000),
+  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,floor,logs,memory,bus,footprint,load,web,compose').split(',').filter((s) => s !== '')),
   cpuProf: process.env.BENCH_CPU_PROF,
 };
 if (process.env.BENCH_COMPOSE === '0') cfg.sections.delete('compose');
@@ -60,7 +62,11 @@ function printTable(): void {
   for (const c of all.slice(1)) process.stdout.write(`${line(c)}\n`);
 }
 
+/** The sections measured on the stack of service processes (started only when one of them is asked for). */
+const PIPELINE_SECTIONS = ['footprint', 'chain', 'floor', 'logs', 'memory', 'load'];
+
 async function pipelineSections(): Promise<void> {
+  if (!PIPELINE_SECTIONS.some((s) => cfg.sections.has(s))) return;
   const stack = await startStack(cfg.cpuProf !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${cfg.cpuProf}`] : []);
   const p = stack.pipeline;
   try {
@@ -71,7 +77,7 @@ async function pipelineSections(): Promise<void> {
       for (const name of SERVICE_NAMES) row(`5. idle RSS ${name}`, mb(mem[name]?.rssKb ?? 0), `PSS ${mb(mem[name]?.pssKb ?? 0)}`, undefined, '');
       const rss = Object.values(mem).reduce((a, b) => a + b.rssKb, 0);
       const pss = Object.values(mem).reduce((a, b) => a + b.pssKb, 0);
-      row('5. idle, five service processes: PSS sum (RSS sum)', `${mb(pss)} (${mb(rss)})`, '', undefined, '< 400 MB', pss < 400 * 1024);
+      row(`5. idle, ${SERVICE_NAMES.length} service processes: PSS sum (RSS sum)`, `${mb(pss)} (${mb(rss)})`, '', undefined, '< 400 MB', pss < 400 * 1024);
     }
     if (cfg.sections.has('chain')) {
       log(`1-2. chain: ${cfg.reps} runs each through the services, a shell script and the bare Docker API, in turn`);
@@ -201,6 +207,12 @@ async function main(): Promise<void> {
       row(`4. lock release p99 (${r.lockGranted} granted)`, ms(rel99), `raw req/reply ×${cfg.contenders} ${ms(rawC99)}`, rel99 / rawC99, '');
       const kvDelete99 = percentile(r.rawKvDelete, 99);
       row(`4. lock release p99 (${r.lockGranted} granted)`, ms(rel99), `bare kv.delete ×${cfg.contenders} ${ms(kvDelete99)}`, rel99 / kvDelete99, '');
+    }
+    if (cfg.sections.has('web')) {
+      log(`7. runs view: GET /api/runs?limit=25 with 20 runs stored, then ${cfg.webRuns}`);
+      const r = await benchWebRuns(cfg.webRuns);
+      row(`7. runs view GET /api/runs?limit=25, median, ${r.total} runs`, ms(r.largeMs), `20 runs ${ms(r.smallMs)}`, r.ratio, '≤ 1.5x', r.ratio <= 1.5);
+      log(`   wrote ${r.total - 20} runs in ${r.writeSeconds.toFixed(1)} s; a page deep in the history has ${r.deepPageRuns} runs`);
     }
     if (cfg.sections.has('compose')) {
       log('5. footprint: compose stack');

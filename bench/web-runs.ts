@@ -4,6 +4,7 @@
  * each opened, its container recorded, ended and closed, as a real chain writes them.
  *
  *   node dist/bench/web-runs.js [--runs 10000] [--requests 40]
+ *   BENCH_SECTIONS=web npm run bench      (the same, as a row of the bench table)
  */
 import { connect } from '@nats-io/transport-node';
 import { createLogger } from '../shared/logger';
@@ -47,9 +48,20 @@ const CONTAINER: Record<Step, 'transform' | 'load-processed' | 'model-trigger' |
   train: 'train',
 };
 
-async function main(): Promise<void> {
-  const total = arg('runs', 10_000);
-  const requests = arg('requests', 40);
+export interface WebRunsResult {
+  limit: number;
+  /** Median of `GET /api/runs?limit=25` with 20 runs stored, and with `total`. */
+  smallMs: number;
+  largeMs: number;
+  total: number;
+  ratio: number;
+  writeSeconds: number;
+  /** Runs on a page far back in the history (the cursor works at depth). */
+  deepPageRuns: number;
+}
+
+/** The runs view with 20 runs stored, then with `total`: the median of `requests` requests each (after five warm-ups). */
+export async function benchWebRuns(total = 10_000, requests = 40): Promise<WebRunsResult> {
   const nats = await startNatsServer();
   const nc = await connect({ servers: nats.url, name: 'bench-web' });
   try {
@@ -98,10 +110,8 @@ async function main(): Promise<void> {
     const wrote = (performance.now() - started) / 1000;
     const large = await measure();
     const deep = await fetch(`http://127.0.0.1:${web.port}/api/runs?limit=25&before=${Math.floor(total * 8)}`).then((r) => r.json() as Promise<{ runs: unknown[] }>);
-    process.stdout.write(
-      `${JSON.stringify({ bench: 'web runs view', limit: 25, runs20MedianMs: Number(small.toFixed(2)), [`runs${total}MedianMs`]: Number(large.toFixed(2)), ratio: Number((large / small).toFixed(2)), writeSeconds: Number(wrote.toFixed(1)), deepPageRuns: deep.runs.length })}\n`,
-    );
     await web.stop();
+    return { limit: 25, smallMs: small, largeMs: large, total, ratio: large / small, writeSeconds: wrote, deepPageRuns: deep.runs.length };
   } finally {
     await nc.close();
     await nats.stop();
@@ -109,7 +119,18 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${String(err)}\n`);
-  process.exit(1);
-});
+async function main(): Promise<void> {
+  const total = arg('runs', 10_000);
+  const r = await benchWebRuns(total, arg('requests', 40));
+  process.stdout.write(
+    `${JSON.stringify({ bench: 'web runs view', limit: r.limit, runs20MedianMs: Number(r.smallMs.toFixed(2)), [`runs${total}MedianMs`]: Number(r.largeMs.toFixed(2)), ratio: Number(r.ratio.toFixed(2)), writeSeconds: Number(r.writeSeconds.toFixed(1)), deepPageRuns: r.deepPageRuns })}\n`,
+  );
+}
+
+// `npm run bench` imports benchWebRuns; `node dist/bench/web-runs.js` runs it alone.
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`${String(err)}\n`);
+    process.exit(1);
+  });
+}

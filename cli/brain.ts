@@ -26,6 +26,7 @@ const commands = {
   runs: lazy<typeof import('./commands/runs')>('./commands/runs'),
   logs: lazy<typeof import('./commands/logs')>('./commands/logs'),
   status: lazy<typeof import('./commands/status')>('./commands/status'),
+  schedule: lazy<typeof import('./commands/schedule')>('./commands/schedule'),
 };
 
 type ServiceName = import('../services/index').ServiceName;
@@ -66,7 +67,7 @@ export function buildProgram(): Command {
     .action((name: ServiceName) => commands.serve().serve([name]));
   program
     .command('up')
-    .description('run all five services in one process')
+    .description('run every service in one process (the five pipeline services and the web service)')
     .action(() => commands.serve().serveAll());
   program
     .command('setup')
@@ -100,9 +101,19 @@ export function buildProgram(): Command {
     .action((runId: string, opts: { follow?: boolean }) => commands.logs().run(runId, opts));
   program
     .command('status')
-    .description('which services are up, which locks are held, and the last run of each stage')
+    .description('which services are up, which locks are held, the schedule (paused, or its next run), and the last run of each stage')
     .option('--json', 'one JSON object')
     .action((opts: { json?: boolean }) => commands.status().run(opts));
+  program
+    .command('pause')
+    .description(
+      'pause the schedule: no scheduled transform run until `brain resume` (hand triggers still run); durable, obeyed by every scheduler replica; needs the operator NATS user',
+    )
+    .action(() => commands.schedule().run('pause'));
+  program
+    .command('resume')
+    .description('resume the paused schedule: the scheduler publishes its next tick again; needs the operator NATS user')
+    .action(() => commands.schedule().run('resume'));
   return program;
 }
 

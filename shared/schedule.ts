@@ -1,6 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
+import { Cron } from 'croner';
 import { z } from 'zod';
 import { parseJson } from './events';
 
@@ -57,4 +58,33 @@ export async function openSchedule(nc: NatsConnection): Promise<ScheduleControl 
     throw err;
   }
   return scheduleControl(await new Kvm(nc).open(SCHEDULE_BUCKET, { allow_direct: direct }));
+}
+
+/** The schedule as people see it (`GET /api/schedule`, `brain status`): paused or not, the cron, the next tick, who changed it. */
+export interface ScheduleView {
+  paused: boolean;
+  /** TRANSFORM_SCHEDULE (cron, UTC). */
+  schedule: string;
+  /** The next tick (ISO, UTC) a scheduler would publish; null while paused or when the pattern has no further tick. */
+  nextRun: string | null;
+  changedBy?: string;
+  changedAt?: string;
+}
+
+/** The view of a pause state under a cron pattern (UTC), the next tick counted from `now`. */
+export function scheduleView(state: { paused: boolean; by?: string; at?: string }, pattern: string, now = new Date()): ScheduleView {
+  let nextRun: string | null = null;
+  if (!state.paused) {
+    const cron = new Cron(pattern, { timezone: 'UTC', paused: true });
+    nextRun = cron.nextRun(now)?.toISOString() ?? null;
+    cron.stop();
+  }
+  return {
+    paused: state.paused,
+    schedule: pattern,
+    nextRun,
+    ...(state.by !== undefined ? { changedBy: state.by } : {}),
+    // A schedule nobody ever paused reads as the epoch: no change to show.
+    ...(state.at !== undefined && state.at !== new Date(0).toISOString() ? { changedAt: state.at } : {}),
+  };
 }

@@ -1,17 +1,23 @@
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
+import { errors } from '@nats-io/nats-core';
 import { Kvm } from '@nats-io/kv';
 import { Svcm, type ServiceInfo } from '@nats-io/services';
 import { SERVICE_NAMES } from '../../services/index';
-import { describeError } from '../../shared/errors';
 import { Subjects, parseJson } from '../../shared/events';
 import { LeaseValue } from '../../shared/lock';
 import { EVENTS_STREAM, LOCKS_BUCKET } from '../../shared/nats';
+import { scheduleView, type ScheduleView } from '../../shared/schedule';
 import { withClient } from '../client';
 import { recentRuns } from '../history';
 import { formatDuration, paintOutcome, painter, parseMessage, useColour } from '../view';
+import { clientSchedule, describeSchedule, readPause } from './schedule';
 
-const isNotFound = (err: unknown) => /stream not found|10059|bucket not found/i.test(describeError(err));
+/** The stream (or the bucket's stream) does not exist yet: nothing was ever set up or started. */
+const isNotFound = (err: unknown) => err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound;
+
+/** No service subscribed to the services API: none is up. */
+const isNoResponders = (err: unknown) => err instanceof errors.NoRespondersError || (err instanceof errors.RequestError && err.isNoResponders());
 
 /** How long to collect replies from the services API. */
 const DISCOVERY_WAIT_MS = 1500;
@@ -46,7 +52,7 @@ async function services(nc: NatsConnection): Promise<ServiceStatus[]> {
     const replies = await new Svcm(nc).client({ strategy: 'timer', maxWait: DISCOVERY_WAIT_MS }).info();
     for await (const info of replies) infos.push(info);
   } catch (err) {
-    if (!/no responders|503/i.test(describeError(err))) throw err;
+    if (!isNoResponders(err)) throw err;
   }
   return SERVICE_NAMES.map((service) => {
     const instances = infos
@@ -111,7 +117,7 @@ async function lastRuns(nc: NatsConnection): Promise<LastRun[]> {
   );
 }
 
-function render(status: { services: ServiceStatus[]; locks: LockStatus[]; lastRuns: LastRun[] }, colour: boolean): string {
+function render(status: { services: ServiceStatus[]; locks: LockStatus[]; schedule: ScheduleView; lastRuns: LastRun[] }, colour: boolean): string {
   const paint = painter(colour);
   const out = ['services'];
   for (const s of status.services) {
@@ -132,6 +138,9 @@ function render(status: { services: ServiceStatus[]; locks: LockStatus[]; lastRu
       out.push(`  ${l.key.padEnd(12)} ${paint('yellow', 'held')}   run ${l.runId} (${l.stage}) by ${l.holder}, ${refreshed}`);
     }
   }
+  out.push('schedule');
+  const line = describeSchedule(status.schedule);
+  out.push(`  ${'transform'.padEnd(12)} ${status.schedule.paused ? paint('yellow', line) : line}  [${status.schedule.schedule}, UTC]`);
   out.push('last runs');
   for (const r of status.lastRuns) {
     const head = `  ${r.stage.padEnd(12)} `;
@@ -146,14 +155,17 @@ function render(status: { services: ServiceStatus[]; locks: LockStatus[]; lastRu
   return out.join('\n');
 }
 
-/** `brain status`: services up, locks held and each stage's last run. */
+/** `brain status`: services up, locks held, the schedule (paused or its next run) and each stage's last run. */
 export function run(opts: { json?: boolean }): Promise<void> {
   return withClient(async (nc) => {
-    const [svc, held, last] = await Promise.all([services(nc), locks(nc), lastRuns(nc)]);
+    const pattern = clientSchedule(process.env);
+    const [svc, held, pause, last] = await Promise.all([services(nc), locks(nc), readPause(nc), lastRuns(nc)]);
+    // The next tick counted from now, after the services' discovery wait.
+    const schedule = scheduleView(pause, pattern);
     if (opts.json === true) {
-      process.stdout.write(`${JSON.stringify({ services: svc, locks: held, lastRuns: last })}\n`);
+      process.stdout.write(`${JSON.stringify({ services: svc, locks: held, schedule, lastRuns: last })}\n`);
       return;
     }
-    process.stdout.write(`${render({ services: svc, locks: held, lastRuns: last }, useColour(process.stdout))}\n`);
+    process.stdout.write(`${render({ services: svc, locks: held, schedule, lastRuns: last }, useColour(process.stdout))}\n`);
   });
 }

@@ -3,7 +3,6 @@ import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { Cron } from 'croner';
 import { Counter, Gauge } from 'prom-client';
 import type { z } from 'zod';
 import { EventSchemas, Subjects } from '../../shared/events';
@@ -11,7 +10,7 @@ import { describeError } from '../../shared/errors';
 import type { Logger } from '../../shared/logger';
 import { createMetrics } from '../../shared/metrics';
 import { EVENTS_STREAM, TopologyError, isPermissionDenied } from '../../shared/nats';
-import { openSchedule } from '../../shared/schedule';
+import { openSchedule, scheduleView } from '../../shared/schedule';
 import { AuthRefused, createConnectionPool, isAuthRefused, parseBasic, type ConnectNats, type Lease } from './access';
 import { createLogsReader, formatCursor, parseCursor, type LogsReader } from './logs';
 import { createRunsReader, type RunView, type RunsReader } from './runs';
@@ -294,7 +293,7 @@ export function createWeb(deps: WebDeps): Web {
     api.get('/api/schedule', async (req) => {
       const control = await openSchedule(leaseOf(req).nc);
       const state = control !== null ? await control.read() : { paused: false, revision: 0 };
-      return scheduleView(state);
+      return viewOf(state);
     });
     for (const action of ['pause', 'resume'] as const) {
       api.post(`/api/schedule/${action}`, async (req) => {
@@ -303,22 +302,13 @@ export function createWeb(deps: WebDeps): Web {
         if (control === null) throw new HttpError(503, 'NOT_SET_UP', 'the schedule bucket does not exist: run `brain setup`');
         const state = await control.set(action === 'pause', lease.user);
         logger.info({ user: lease.user, paused: state.paused }, `schedule ${action}d`);
-        return scheduleView(state);
+        return viewOf(state);
       });
     }
   });
 
-  function scheduleView(state: { paused: boolean; by?: string; at?: string }) {
-    const next = new Cron(config.transformSchedule, { timezone: 'UTC', paused: true });
-    const nextRun = state.paused ? null : (next.nextRun()?.toISOString() ?? null);
-    next.stop();
-    return {
-      paused: state.paused,
-      schedule: config.transformSchedule,
-      nextRun,
-      ...(state.by !== undefined ? { changedBy: state.by } : {}),
-      ...(state.at !== undefined && state.at !== new Date(0).toISOString() ? { changedAt: state.at } : {}),
-    };
+  function viewOf(state: { paused: boolean; by?: string; at?: string }) {
+    return scheduleView(state, config.transformSchedule);
   }
 
   /**

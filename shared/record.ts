@@ -1,7 +1,7 @@
 import type { KV } from '@nats-io/kv';
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { z } from 'zod';
-import { RunId, STAGES, type EventSubject, type Stage } from './events';
+import { RunId, STAGES, type Stage } from './events';
 import type { Logger } from './logger';
 
 /**
@@ -55,12 +55,9 @@ const isWrongSequence = (err: unknown) =>
   err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
 
 export interface StepRecords {
-  read(runId: string, step: Step): Promise<StepRecord | null>;
-  /** Every record of a run, by step. */
-  ofRun(runId: string): Promise<Partial<Record<Step, StepRecord>>>;
   /**
-   * Opens the step's record for a message: creates it, or returns the one a previous delivery of the
-   * same message wrote (`existing` true). `reusedBy` is set when another message already began this step of the run.
+   * Opens the step's record for a message: creates it, or returns the one a previous delivery wrote
+   * (`existing` true); `sameMessage` is false when another message already began this step of the run.
    */
   open(init: Pick<StepRecord, 'runId' | 'step' | 'subject' | 'trigger' | 'reason'>): Promise<StepHandle>;
 }
@@ -95,21 +92,6 @@ export function createStepRecords(deps: { kv: KV; logger: Logger }): StepRecords
       return null;
     }
     return { value: parsed.data, revision: entry.revision };
-  }
-
-  async function read(runId: string, step: Step): Promise<StepRecord | null> {
-    return (await readWithRevision(recordKey(runId, step)))?.value ?? null;
-  }
-
-  async function ofRun(runId: string): Promise<Partial<Record<Step, StepRecord>>> {
-    const found: Partial<Record<Step, StepRecord>> = {};
-    await Promise.all(
-      STEPS.map(async (step) => {
-        const record = await read(runId, step);
-        if (record !== null) found[step] = record;
-      }),
-    );
-    return found;
   }
 
   async function open(init: Pick<StepRecord, 'runId' | 'step' | 'subject' | 'trigger' | 'reason'>): Promise<StepHandle> {
@@ -178,8 +160,5 @@ export function createStepRecords(deps: { kv: KV; logger: Logger }): StepRecords
     };
   }
 
-  return { read, ofRun, open };
+  return { open };
 }
-
-/** A recorded event's subject as the bus knows it. */
-export const eventSubjectOf = (e: RecordedEvent) => e.subject as EventSubject;

@@ -12,7 +12,7 @@ import { LABELS } from '../shared/docker';
 import { EVENTS_STREAM, EVENT_SUBJECTS, LOCKS_BUCKET } from '../shared/nats';
 import type { ServiceName } from '../services/index';
 import { ensureTopology } from '../services/composition-root';
-import { standInStageEnv } from './stand-ins';
+import { standInServiceEnv } from './stand-ins';
 import { docker, uid, untilNone } from './containers';
 import { makeRunDirs, writeEnvFiles, type EnvFiles, type RunDirs } from './run-dirs';
 import { EventLog, bodyOf, observeLive, type RecordedEvent } from './event-log';
@@ -86,12 +86,7 @@ export class ClusterPipeline extends EventLog<RecordedEvent & { seq?: number }> 
     const dirs = makeRunDirs('brain-cluster-run-');
     writeEnvFiles(dirs.env, opts.envFiles);
     const env: Record<string, string> = {
-      BRAIN_ENV_DIR: dirs.env,
-      ...standInStageEnv(dirs),
-      HEALTH_PORT: '0',
-      HEALTH_HOST: '127.0.0.1',
-      WEB_PORT: '0',
-      WEB_HOST: '127.0.0.1',
+      ...standInServiceEnv(dirs),
       LOG_LEVEL: 'info',
       ...opts.env,
     };

@@ -11,7 +11,7 @@ import type { Config } from '../shared/config';
 import { EVENT_SUBJECTS } from '../shared/nats';
 import { SERVICE_NAMES, type ServiceName } from '../services/index';
 import { loadConfig, runServices, type RunningServices } from '../services/composition-root';
-import { standInStageEnv } from './stand-ins';
+import { standInServiceEnv } from './stand-ins';
 import { startNatsServer, type NatsServer } from './nats-server';
 import { docker, managedContainers, untilNone } from './containers';
 import { EventLog, observeLive, type RecordedEvent } from './event-log';
@@ -58,13 +58,7 @@ export class Pipeline extends EventLog {
     writeEnvFiles(dirs.env, opts.envFiles);
     const env = {
       NATS_URL: nats.url,
-      BRAIN_ENV_DIR: dirs.env,
-      ...standInStageEnv(dirs),
-      HEALTH_PORT: '0',
-      HEALTH_HOST: '127.0.0.1',
-      // The web service, when a test includes it: a free loopback port (its `web service listening` log line names it).
-      WEB_PORT: '0',
-      WEB_HOST: '127.0.0.1',
+      ...standInServiceEnv(dirs),
       LOG_LEVEL: 'debug',
       ...opts.env,
     };

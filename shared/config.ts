@@ -39,6 +39,44 @@ const memory = optionalText
     return match === null ? undefined : Math.round(Number(match[1]) * (UNITS[(match[2] ?? '').toLowerCase()] ?? 1));
   });
 
+/**
+ * The GPUs a stage's container asks for (`<STAGE>_GPUS`): every GPU of the host, a number of them, or particular
+ * devices (index or UUID). The Docker backend turns it into a `DeviceRequest` (`gpuDeviceRequest` in docker.ts);
+ * the Swarm backend into generic resources.
+ */
+export type GpuRequest = { kind: 'all' } | { kind: 'count'; count: number } | { kind: 'devices'; deviceIds: string[] };
+
+/** A GPU's index or its UUID (`GPU-…`, or `MIG-…` for a MIG instance), as `nvidia-smi -L` lists them. */
+const GPU_DEVICE_ID = /^(\d+|(GPU|MIG)-[A-Za-z0-9_.:/-]+)$/;
+
+/**
+ * `<STAGE>_GPUS`: `all`; a count (`2`); device ids, comma-separated (`0,1`, `GPU-3f1c…`), or with Docker's own
+ * `device=` prefix, which is the way to name a single numeric device (`device=0`: a lone number is a count).
+ * Unset or empty: no GPUs.
+ */
+export function parseGpus(value: string | undefined): GpuRequest | undefined | { problem: string } {
+  const v = (value ?? '').trim();
+  if (v === '') return undefined;
+  if (v.toLowerCase() === 'all') return { kind: 'all' };
+  if (/^\d+$/.test(v)) {
+    const count = Number(v);
+    return count >= 1 ? { kind: 'count', count } : { problem: 'must be at least 1 GPU (leave it unset for none)' };
+  }
+  const list = v.startsWith('device=') ? v.slice('device='.length) : v;
+  const ids = list.split(',').map((id) => id.trim());
+  if (ids.every((id) => GPU_DEVICE_ID.test(id))) return { kind: 'devices', deviceIds: ids };
+  return { problem: 'must be all, a number of GPUs, or comma-separated device indexes or GPU-… UUIDs (device=0 for the single device 0)' };
+}
+
+const gpus = optionalText.transform((v, ctx): GpuRequest | undefined => {
+  const parsed = parseGpus(v);
+  if (parsed !== undefined && 'problem' in parsed) {
+    ctx.addIssue({ code: 'custom', message: parsed.problem });
+    return z.NEVER;
+  }
+  return parsed;
+});
+
 const natsUrl = z
   .string()
   .default('nats://127.0.0.1:4222')
@@ -95,6 +133,10 @@ const schema = z.object({
   LOAD_MEMORY: memory,
   MODEL_TRIGGER_MEMORY: memory,
   TRAIN_MEMORY: memory,
+  TRANSFORM_GPUS: gpus,
+  LOAD_GPUS: gpus,
+  MODEL_TRIGGER_GPUS: gpus,
+  TRAIN_GPUS: gpus,
   // A lease must outlive the redelivery that follows a crash (at most one ack wait after the last heartbeat),
   // with time to spare: its holder refreshed it at most TTL/3 before the crash. 3 × ACK_WAIT leaves TTL/3.
   LOCK_TTL: seconds(90),
@@ -134,6 +176,8 @@ export interface Config {
   timeoutsMs: { transform: number; load: number; modelTrigger: number; train: number };
   /** Container memory limits in bytes, per stage; undefined means none. */
   memoryBytes: { transform?: number; load?: number; modelTrigger?: number; train?: number };
+  /** GPUs requested per stage (`<STAGE>_GPUS`); undefined means none. */
+  gpus: { transform?: GpuRequest; load?: GpuRequest; modelTrigger?: GpuRequest; train?: GpuRequest };
   lockTtlMs: number;
   ackWaitMs: number;
   logLevel: Raw['LOG_LEVEL'];
@@ -207,6 +251,12 @@ export function parseConfig(given: NodeJS.ProcessEnv, services: readonly ConfigN
       ...(raw.LOAD_MEMORY !== undefined ? { load: raw.LOAD_MEMORY } : {}),
       ...(raw.MODEL_TRIGGER_MEMORY !== undefined ? { modelTrigger: raw.MODEL_TRIGGER_MEMORY } : {}),
       ...(raw.TRAIN_MEMORY !== undefined ? { train: raw.TRAIN_MEMORY } : {}),
+    },
+    gpus: {
+      ...(raw.TRANSFORM_GPUS !== undefined ? { transform: raw.TRANSFORM_GPUS } : {}),
+      ...(raw.LOAD_GPUS !== undefined ? { load: raw.LOAD_GPUS } : {}),
+      ...(raw.MODEL_TRIGGER_GPUS !== undefined ? { modelTrigger: raw.MODEL_TRIGGER_GPUS } : {}),
+      ...(raw.TRAIN_GPUS !== undefined ? { train: raw.TRAIN_GPUS } : {}),
     },
     lockTtlMs: raw.LOCK_TTL * 1000,
     ackWaitMs: raw.ACK_WAIT * 1000,

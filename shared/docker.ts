@@ -3,6 +3,7 @@ import Docker from 'dockerode';
 import type { Container, ContainerInspectInfo } from 'dockerode';
 import { ErrorCode, StageError, describeError } from './errors';
 import { FrameDemuxer, StreamScanner, createMasker, envValuesOf, type StreamName } from './lines';
+import type { GpuRequest } from './config';
 import type { Stage } from './events';
 import type { Logger } from './logger';
 
@@ -48,6 +49,8 @@ export interface StageSpec {
   onStarted?: (container: StartedContainer) => Promise<void>;
   /** Memory limit in bytes; a container past it is OOM-killed (exit 137). */
   memoryBytes?: number;
+  /** GPUs for the container (`<STAGE>_GPUS`), as Docker's `HostConfig.DeviceRequests`; a host without a GPU runtime fails the stage (GPU_UNAVAILABLE). */
+  gpus?: GpuRequest;
   /**
    * The step's record says this container was started (before the service restarted): adopt it, and fail
    * (CONTAINER_GONE) rather than start a second one when it is gone.
@@ -112,6 +115,41 @@ export const containerName = (stage: Stage, runId: string, instance?: string) =>
 
 const STATUS = (err: unknown): number | undefined => (err as { statusCode?: number }).statusCode;
 const isMissingImage = (err: unknown) => STATUS(err) === 404 && /no such image/i.test(describeError(err));
+
+/** Docker's `DeviceRequest` for a stage's GPUs (what `docker run --gpus` sends): Count -1 is every GPU. */
+export function gpuDeviceRequest(req: GpuRequest): { Driver: string; Count: number; DeviceIDs?: string[]; Capabilities: string[][] } {
+  switch (req.kind) {
+    case 'all':
+      return { Driver: '', Count: -1, Capabilities: [['gpu']] };
+    case 'count':
+      return { Driver: '', Count: req.count, Capabilities: [['gpu']] };
+    case 'devices':
+      return { Driver: '', Count: 0, DeviceIDs: req.deviceIds, Capabilities: [['gpu']] };
+  }
+}
+
+/** `all GPUs`, `2 GPUs`, `GPU devices 0,1`: a request in words, for errors. */
+export const describeGpus = (req: GpuRequest) =>
+  req.kind === 'all' ? 'all GPUs' : req.kind === 'count' ? `${req.count} GPU${req.count === 1 ? '' : 's'}` : `GPU devices ${req.deviceIds.join(',')}`;
+
+/**
+ * Docker could not satisfy the container's DeviceRequests: no device driver (the NVIDIA Container Toolkit) offers
+ * the `gpu` capability on this host. Docker 20.10 answers the start (newer engines may answer the create) with
+ * HTTP 500 and `could not select device driver "" with capabilities: [[gpu]]`. Its error answer is only
+ * `{ message }`, with no structured field or error code for this case, so the status code and the reason text
+ * of Docker's answer are all there is to tell it by.
+ */
+const isGpuUnavailable = (err: unknown) =>
+  STATUS(err) === 500 && /could not select device driver/i.test((err as { json?: { message?: string } }).json?.message ?? describeError(err));
+
+function gpuUnavailable(spec: StageSpec, err: unknown): StageError {
+  const reason = (err as { json?: { message?: string } }).json?.message ?? describeError(err);
+  return new StageError(
+    ErrorCode.GpuUnavailable,
+    `the ${spec.stage} stage requests ${spec.gpus === undefined ? 'GPUs' : describeGpus(spec.gpus)} but the Docker host has no GPU runtime for the request (Docker: ${reason}); install the NVIDIA Container Toolkit there or unset its GPUS setting`,
+    { cause: err },
+  );
+}
 
 /** The connection to Docker failed (refused, reset, socket hang up, gone): Docker, not the container, is the problem. */
 function isDockerDown(err: unknown): boolean {
@@ -282,10 +320,12 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
           Mounts: spec.mounts.map((m) => ({ Type: 'bind' as const, Source: m.source, Target: m.target })),
           ...(spec.network !== undefined ? { NetworkMode: spec.network } : {}),
           ...(spec.memoryBytes !== undefined ? { Memory: spec.memoryBytes, MemorySwap: spec.memoryBytes } : {}),
+          ...(spec.gpus !== undefined ? { DeviceRequests: [gpuDeviceRequest(spec.gpus)] } : {}),
         },
       });
     } catch (err) {
       if (STATUS(err) === 409 || isMissingImage(err)) throw err;
+      if (isGpuUnavailable(err)) throw gpuUnavailable(spec, err);
       throw stageError(`create the ${spec.stage} container`, err, ErrorCode.ContainerCreate);
     }
   }
@@ -572,6 +612,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       }
       (stream as unknown as { destroy?: () => void } | undefined)?.destroy?.();
       await removeChecked(name).catch(() => undefined);
+      if (isGpuUnavailable(err)) throw gpuUnavailable(spec, err);
       throw stageError(`start the ${spec.stage} container`, err, ErrorCode.ContainerStart);
     }
   }

@@ -7,6 +7,8 @@ export const ErrorCode = {
   ContainerCreate: 'CONTAINER_CREATE_FAILED',
   ContainerStart: 'CONTAINER_START_FAILED',
   ContainerGone: 'CONTAINER_GONE',
+  /** The stage asks for GPUs (`<STAGE>_GPUS`) and the engine has no GPU runtime (device driver) for the request. */
+  GpuUnavailable: 'GPU_UNAVAILABLE',
   /** A container under our name belongs to another deployment: never adopted, stopped or removed. */
   ContainerForeign: 'CONTAINER_FOREIGN',
   EnvFile: 'ENV_FILE_INVALID',

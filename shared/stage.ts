@@ -1,5 +1,5 @@
 import { elapsedMs, monotonicNow, type EventBus, type HandlerResult } from './bus';
-import type { Config } from './config';
+import type { Config, GpuRequest } from './config';
 import { HOST_DIR_SETTINGS, type StageDefinition } from './definition';
 import { ErrorCode, StageError, describeError } from './errors';
 import type { ContainerRunner, StageResult } from './docker';
@@ -24,6 +24,7 @@ export interface StagePlan {
   timeoutMs: number;
   phrase: string | undefined;
   memoryBytes: number | undefined;
+  gpus: GpuRequest | undefined;
 }
 
 /**
@@ -45,6 +46,7 @@ export function planStage(def: StageDefinition, config: Config): StagePlan {
     timeoutMs: config.timeoutsMs[def.settings],
     phrase: def.phrase !== undefined ? config.phrases[def.phrase] : undefined,
     memoryBytes: config.memoryBytes[def.settings],
+    gpus: config.gpus[def.settings],
   };
 }
 
@@ -135,6 +137,7 @@ export async function runContainerStage(runner: ContainerRunner, bus: EventBus, 
       timeoutMs: plan.timeoutMs,
       phrase: plan.phrase,
       memoryBytes: plan.memoryBytes,
+      ...(plan.gpus !== undefined ? { gpus: plan.gpus } : {}),
       adoptOnly: known !== undefined,
       onLines: (stream, lines) => forwarder.add(stream, lines),
       onStarted: (c) => step.container(plan.stage, { id: c.id, name: c.name, state: 'started' }),

@@ -77,6 +77,20 @@ const gpus = optionalText.transform((v, ctx): GpuRequest | undefined => {
   return parsed;
 });
 
+/** The backend that runs a stage's containers: plain containers on the Docker engine, or Swarm jobs on the swarm it manages. */
+export type RunnerKind = 'docker' | 'swarm';
+const runnerKind = z.preprocess(
+  (v) => (typeof v === 'string' && v.trim() === '' ? undefined : v),
+  z.enum(['docker', 'swarm'], { message: 'must be docker or swarm' }).default('docker'),
+);
+
+/** Swarm placement constraints, comma-separated (`node.labels.gpu==true,node.role!=manager`); unset means none. */
+const constraints = optionalText
+  .refine((v) => v === undefined || v.split(',').every((c) => /^[A-Za-z0-9_.-]+\s*(==|!=)\s*\S+$/.test(c.trim())), {
+    message: 'must be Swarm placement constraints separated by commas, such as node.labels.gpu==true',
+  })
+  .transform((v) => (v === undefined ? [] : v.split(',').map((c) => c.trim())));
+
 const natsUrl = z
   .string()
   .default('nats://127.0.0.1:4222')
@@ -137,6 +151,16 @@ const schema = z.object({
   LOAD_GPUS: gpus,
   MODEL_TRIGGER_GPUS: gpus,
   TRAIN_GPUS: gpus,
+  TRANSFORM_RUNNER: runnerKind,
+  LOAD_RUNNER: runnerKind,
+  MODEL_TRIGGER_RUNNER: runnerKind,
+  TRAIN_RUNNER: runnerKind,
+  TRANSFORM_CONSTRAINTS: constraints,
+  LOAD_CONSTRAINTS: constraints,
+  MODEL_TRIGGER_CONSTRAINTS: constraints,
+  TRAIN_CONSTRAINTS: constraints,
+  SWARM_SCHEDULING_TIMEOUT: seconds(60),
+  SWARM_GPU_RESOURCE: z.string().min(1).default('NVIDIA-GPU'),
   // A lease must outlive the redelivery that follows a crash (at most one ack wait after the last heartbeat),
   // with time to spare: its holder refreshed it at most TTL/3 before the crash. 3 × ACK_WAIT leaves TTL/3.
   LOCK_TTL: seconds(90),
@@ -178,6 +202,12 @@ export interface Config {
   memoryBytes: { transform?: number; load?: number; modelTrigger?: number; train?: number };
   /** GPUs requested per stage (`<STAGE>_GPUS`); undefined means none. */
   gpus: { transform?: GpuRequest; load?: GpuRequest; modelTrigger?: GpuRequest; train?: GpuRequest };
+  /** Each stage's backend (`<STAGE>_RUNNER`). */
+  runners: { transform: RunnerKind; load: RunnerKind; modelTrigger: RunnerKind; train: RunnerKind };
+  /** Each stage's Swarm placement constraints (`<STAGE>_CONSTRAINTS`), for the Swarm backend. */
+  constraints: { transform: string[]; load: string[]; modelTrigger: string[]; train: string[] };
+  /** How long a Swarm job may wait for a node, and the generic resource kind the nodes call their GPUs. */
+  swarm: { schedulingTimeoutMs: number; gpuResource: string };
   lockTtlMs: number;
   ackWaitMs: number;
   logLevel: Raw['LOG_LEVEL'];
@@ -207,6 +237,13 @@ export function parseConfig(given: NodeJS.ProcessEnv, services: readonly ConfigN
     for (const key of service.requires) {
       const missing = (env[key] ?? '').trim() === '';
       if (missing && !problems.some((p) => p.startsWith(`${key}:`))) problems.push(`${key}: is required by the ${service.name} service`);
+    }
+  }
+  if (parsed.success) {
+    for (const prefix of ['TRANSFORM', 'LOAD', 'MODEL_TRIGGER', 'TRAIN'] as const) {
+      if (parsed.data[`${prefix}_RUNNER`] === 'swarm' && parsed.data[`${prefix}_GPUS`]?.kind === 'all') {
+        problems.push(`${prefix}_GPUS: all cannot be asked of a Swarm job (${prefix}_RUNNER=swarm): name a count or device ids`);
+      }
     }
   }
   if (((env.NATS_USER ?? '') === '') !== ((env.NATS_PASS ?? '') === '')) {
@@ -258,6 +295,9 @@ export function parseConfig(given: NodeJS.ProcessEnv, services: readonly ConfigN
       ...(raw.MODEL_TRIGGER_GPUS !== undefined ? { modelTrigger: raw.MODEL_TRIGGER_GPUS } : {}),
       ...(raw.TRAIN_GPUS !== undefined ? { train: raw.TRAIN_GPUS } : {}),
     },
+    runners: { transform: raw.TRANSFORM_RUNNER, load: raw.LOAD_RUNNER, modelTrigger: raw.MODEL_TRIGGER_RUNNER, train: raw.TRAIN_RUNNER },
+    constraints: { transform: raw.TRANSFORM_CONSTRAINTS, load: raw.LOAD_CONSTRAINTS, modelTrigger: raw.MODEL_TRIGGER_CONSTRAINTS, train: raw.TRAIN_CONSTRAINTS },
+    swarm: { schedulingTimeoutMs: raw.SWARM_SCHEDULING_TIMEOUT * 1000, gpuResource: raw.SWARM_GPU_RESOURCE },
     lockTtlMs: raw.LOCK_TTL * 1000,
     ackWaitMs: raw.ACK_WAIT * 1000,
     logLevel: raw.LOG_LEVEL,

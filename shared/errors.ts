@@ -11,6 +11,8 @@ export const ErrorCode = {
   GpuUnavailable: 'GPU_UNAVAILABLE',
   /** A container under our name belongs to another deployment: never adopted, stopped or removed. */
   ContainerForeign: 'CONTAINER_FOREIGN',
+  /** A Swarm job's task waited for a node (pending) past SWARM_SCHEDULING_TIMEOUT: no node matches its constraints or resources. */
+  SchedulingTimeout: 'SCHEDULING_TIMEOUT',
   EnvFile: 'ENV_FILE_INVALID',
   /** An event we publish ourselves fails its schema even after sanitising: a programming error. */
   EventInvalid: 'EVENT_INVALID',

@@ -2,22 +2,14 @@ import { createHash } from 'node:crypto';
 import Docker from 'dockerode';
 import type { Container, ContainerInspectInfo } from 'dockerode';
 import { ErrorCode, StageError, describeError } from './errors';
-import { FrameDemuxer, StreamScanner, createMasker, envValuesOf, type StreamName } from './lines';
+import { endOfRun, HandedBack, LABELS, OnStartedFailed, assertOwned, isDockerDown, labelFilter, outputReader, pause } from './engine';
+import { ranForMs, runSignal, stageEnv, stageError, stageLabels, statusOf, untilEngine, type OutputReader } from './engine';
+import type { StreamName } from './lines';
 import type { GpuRequest } from './config';
 import type { Stage } from './events';
 import type { Logger } from './logger';
 
-/** Labels on every container the pipeline starts, so a restarted service can find its own. */
-export const LABELS = {
-  managed: 'io.brain-pipeline.managed',
-  stage: 'io.brain-pipeline.stage',
-  runId: 'io.brain-pipeline.run-id',
-  service: 'io.brain-pipeline.service',
-  /** The deployment (one NATS event stream): pipelines sharing a Docker engine never touch each other's containers. */
-  instance: 'io.brain-pipeline.instance',
-  /** The env-file keys the container was started with (comma-separated; keys are not secret): their values are masked on adoption. */
-  envKeys: 'io.brain-pipeline.env-keys',
-} as const;
+export { LABELS } from './engine';
 
 export type PullPolicy = 'always' | 'missing' | 'never';
 
@@ -113,8 +105,14 @@ export const deploymentToken = (instance: string) => createHash('sha256').update
 export const containerName = (stage: Stage, runId: string, instance?: string) =>
   instance === undefined ? `brain-${stage}-${runId}` : `brain-${stage}-${deploymentToken(instance)}-${runId}`;
 
-const STATUS = (err: unknown): number | undefined => (err as { statusCode?: number }).statusCode;
+const STATUS = statusOf;
 const isMissingImage = (err: unknown) => STATUS(err) === 404 && /no such image/i.test(describeError(err));
+
+/**
+ * The container name is taken (a redelivered step's container exists): Docker answers 409; Podman's compat API
+ * answers 500 with `cause: "that name is already in use"`, a structured field of its error body (docs/podman.md).
+ */
+const isNameTaken = (err: unknown) => STATUS(err) === 409 || (STATUS(err) === 500 && (err as { json?: { cause?: string } }).json?.cause === 'that name is already in use');
 
 /** Docker's `DeviceRequest` for a stage's GPUs (what `docker run --gpus` sends): Count -1 is every GPU. */
 export function gpuDeviceRequest(req: GpuRequest): { Driver: string; Count: number; DeviceIDs?: string[]; Capabilities: string[][] } {
@@ -151,75 +149,8 @@ function gpuUnavailable(spec: StageSpec, err: unknown): StageError {
   );
 }
 
-/** The connection to Docker failed (refused, reset, socket hang up, gone): Docker, not the container, is the problem. */
-function isDockerDown(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return (
-    code === 'ECONNREFUSED' ||
-    code === 'ENOENT' ||
-    code === 'ECONNRESET' ||
-    code === 'EPIPE' ||
-    code === 'EACCES' ||
-    code === 'ETIMEDOUT' ||
-    code === 'EHOSTUNREACH' ||
-    code === 'ENOTCONN' ||
-    code === 'ERR_STREAM_PREMATURE_CLOSE'
-  );
-}
-
-/** Turns a dockerode failure into a StageError with a message a person can act on. */
-function stageError(what: string, err: unknown, code: ErrorCode): StageError {
-  if (err instanceof StageError) return err;
-  if (isDockerDown(err)) {
-    return new StageError(ErrorCode.DockerUnavailable, `Docker engine unreachable while trying to ${what}: ${describeError(err)}`, { cause: err });
-  }
-  const reason = (err as { json?: { message?: string } }).json?.message ?? describeError(err);
-  return new StageError(code, `could not ${what}: ${reason.replace(/^\(HTTP code \d+\) [a-z ]+ - /, '')}`, { cause: err });
-}
-
-/** Thrown inside `run` when the service shuts down: stop following, leave the container running. */
-class HandedBack extends Error {
-  constructor() {
-    super('handed back');
-  }
-}
-
-/** Carries the caller's own error out of `onStarted`, unchanged. */
-class OnStartedFailed extends Error {
-  constructor(cause: unknown) {
-    super('onStarted failed', { cause });
-  }
-}
-
-/** Resolves after `ms`, or rejects with HandedBack once `signal` aborts. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(new HandedBack());
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(new HandedBack());
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/** Payload bytes of each output stream. */
-type ByteCounts = Record<StreamName, number>;
-
 /** A container is still (or again) running, or may be: anything but exited or dead. */
 const mayRun = (info: ContainerInspectInfo) => info.State.Status !== 'exited' && info.State.Status !== 'dead';
-
-/** Milliseconds a finished container ran, from its own timestamps; null when Docker has none. */
-function ranForMs(info: ContainerInspectInfo): number | null {
-  const started = Date.parse(info.State.StartedAt);
-  const finished = Date.parse(info.State.FinishedAt);
-  if (!Number.isFinite(started) || !Number.isFinite(finished) || finished < started) return null;
-  return finished - started;
-}
 
 export function createDockerClient(dockerHost?: string): Docker {
   if (dockerHost === undefined) return new Docker();
@@ -251,12 +182,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
 
   /** Refuses a container of another deployment: it is never adopted, stopped or removed by this one. */
   function assertOurs(info: ContainerInspectInfo, what: string): void {
-    const owner = info.Config.Labels?.[LABELS.instance];
-    if (owner === deps.instance) return;
-    throw new StageError(
-      ErrorCode.ContainerForeign,
-      `container ${info.Name.replace(/^\//, '')} belongs to ${owner === undefined ? 'no pipeline deployment' : `deployment ${owner}`}, not to ${deps.instance}; refusing to ${what} it`,
-    );
+    assertOwned('container', info.Name.replace(/^\//, ''), info.Config.Labels, deps.instance, what);
   }
 
   /** Docker's view of the container, null when it does not exist; a failed call's error is passed on as is. */
@@ -297,24 +223,16 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
 
   /** Creates the container; Docker's 404 (no such image) and 409 (name taken) are left to the caller. */
   async function create(spec: StageSpec, name: string): Promise<Container> {
-    const env = Object.entries(spec.env).map(([k, v]) => `${k}=${v}`);
-    env.push(`BRAIN_RUN_ID=${spec.runId}`, `BRAIN_STAGE=${spec.stage}`);
+    let container: Container;
     try {
-      return await docker.createContainer({
+      container = await docker.createContainer({
         name,
         Image: spec.image,
-        Env: env,
+        Env: stageEnv(spec),
         Tty: false,
         AttachStdout: true,
         AttachStderr: true,
-        Labels: {
-          [LABELS.managed]: 'true',
-          [LABELS.stage]: spec.stage,
-          [LABELS.runId]: spec.runId,
-          [LABELS.service]: deps.service,
-          [LABELS.instance]: deps.instance,
-          [LABELS.envKeys]: Object.keys(spec.env).join(','),
-        },
+        Labels: stageLabels(spec, deps),
         HostConfig: {
           AutoRemove: false,
           Mounts: spec.mounts.map((m) => ({ Type: 'bind' as const, Source: m.source, Target: m.target })),
@@ -324,10 +242,26 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
         },
       });
     } catch (err) {
-      if (STATUS(err) === 409 || isMissingImage(err)) throw err;
+      if (isNameTaken(err) || isMissingImage(err)) throw err;
       if (isGpuUnavailable(err)) throw gpuUnavailable(spec, err);
       throw stageError(`create the ${spec.stage} container`, err, ErrorCode.ContainerCreate);
     }
+    if (spec.gpus !== undefined) await assertGpusKept(spec, container);
+    return container;
+  }
+
+  /**
+   * An engine may accept DeviceRequests and drop them (Podman's compat API does): the container would run without
+   * its GPUs. Its inspect tells; such a container is removed before it starts and the stage fails with GPU_UNAVAILABLE.
+   */
+  async function assertGpusKept(spec: StageSpec, container: Container): Promise<void> {
+    const info = await inspectOrNull(container);
+    if ((info?.HostConfig.DeviceRequests ?? []).length > 0) return;
+    await removeChecked(container.id);
+    throw new StageError(
+      ErrorCode.GpuUnavailable,
+      `the ${spec.stage} stage requests ${spec.gpus === undefined ? 'GPUs' : describeGpus(spec.gpus)} but the engine dropped the container's DeviceRequests (Podman's Docker-compatible API ignores them); run GPU stages on a Docker engine with a GPU runtime`,
+    );
   }
 
   /**
@@ -366,6 +300,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       try {
         return { container: await create(spec, name), existing: null };
       } catch (err) {
+        if (err instanceof StageError && err.code === ErrorCode.GpuUnavailable) throw err; // another try would fail the same way
         if (attempt >= 3) throw stageError(`create the ${spec.stage} container`, err, ErrorCode.ContainerCreate);
         if (!isMissingImage(err)) {
           const found = await startedContainer(name); // 409: the name is taken
@@ -387,33 +322,8 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
     const name = containerName(spec.stage, spec.runId, deps.instance);
     const log = logger.child({ stage: spec.stage, runId: spec.runId, container: name });
 
-    // One listener on the caller's (possibly long-lived) signal, removed when the run ends; everything
-    // inside the run listens on this run's own signal.
-    const runAbort = new AbortController();
-    const onAbort = () => runAbort.abort();
-    if (spec.signal.aborted) runAbort.abort();
-    else spec.signal.addEventListener('abort', onAbort, { once: true });
-    const signal = runAbort.signal;
-
-    /**
-     * Calls Docker until it answers: a lost connection (refused, reset, hang up) is retried with backoff
-     * (up to `maxRetryDelayMs` between tries) until Docker is back or the service shuts down (HandedBack).
-     * Any answer from Docker, an error status included, is the caller's.
-     */
-    async function untilDocker<T>(what: string, call: () => Promise<T>): Promise<{ value: T; retried: boolean }> {
-      let retried = false;
-      for (let delay = 100; ; delay = Math.min(delay * 2, maxRetryDelay)) {
-        if (signal.aborted) throw new HandedBack();
-        try {
-          return { value: await call(), retried };
-        } catch (err) {
-          if (!isDockerDown(err)) throw err;
-          if (!retried) log.warn({ err: describeError(err) }, `Docker unreachable while trying to ${what}; retrying until it is back`);
-          retried = true;
-          await pause(delay, signal);
-        }
-      }
-    }
+    const { signal, release } = runSignal(spec.signal);
+    const untilDocker = <T>(what: string, call: () => Promise<T>) => untilEngine({ signal, log, maxRetryDelayMs: maxRetryDelay }, what, call);
 
     let adopted = false;
     let id = '';
@@ -423,9 +333,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       id = container.id;
       // Mask the values the container was started with (its own environment, for the keys its label names)
       // as well as the env file's current ones: a secret rotated since must not leak from an adopted container.
-      const startedWith = existing === null ? [] : envValuesOf(existing.Config.Env ?? [], existing.Config.Labels?.[LABELS.envKeys]);
-      const masker = createMasker([...Object.values(spec.env), ...startedWith]);
-      const scanners: Record<StreamName, StreamScanner> = { stdout: new StreamScanner(spec.phrase, masker), stderr: new StreamScanner(spec.phrase, masker) };
+      const reader = outputReader(spec, existing === null ? null : { env: existing.Config.Env ?? [], envKeysLabel: existing.Config.Labels?.[LABELS.envKeys] });
 
       let stream: NodeJS.ReadableStream | null = null;
       let containerStartedAt: number;
@@ -467,23 +375,23 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
 
       let final: ContainerInspectInfo;
       try {
-        final = await follow(container, stream, spec, scanners);
+        final = await follow(container, stream, reader);
         await stopping;
       } finally {
         clearTimeout(timer);
       }
-      for (const s of ['stdout', 'stderr'] as const) await forward(spec, s, scanners[s].end());
+      await reader.end();
       const exitCode = final.State.ExitCode;
       const oomKilled = final.State.OOMKilled ?? false;
       // Stopped by us, or (an earlier instance's stop) killed after running its full limit.
-      const ran = ranForMs(final);
+      const ran = ranForMs(final.State);
       const timedOut = stoppedByUs || (!oomKilled && exitCode !== 0 && ran !== null && ran >= spec.timeoutMs);
       const result: StageResult = {
         status: 'exited',
         exitCode,
         oomKilled,
         timedOut,
-        phraseFound: scanners.stdout.phraseFound || scanners.stderr.phraseFound,
+        phraseFound: reader.phraseFound,
         adopted,
         durationMs: Date.now() - started,
         containerId: id,
@@ -491,12 +399,9 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
       log.info({ exitCode, oomKilled, timedOut, phraseFound: result.phraseFound }, 'container finished');
       return result;
     } catch (err) {
-      if (err instanceof OnStartedFailed) throw err.cause;
-      if (!(err instanceof HandedBack)) throw stageError(`follow the ${spec.stage} container`, err, ErrorCode.ContainerGone);
-      log.info('stopped watching; container left running for the next service instance');
-      return { status: 'handed-back', exitCode: null, oomKilled: false, timedOut: false, phraseFound: false, adopted, durationMs: Date.now() - started, containerId: id };
+      return endOfRun(err, { stage: spec.stage, what: 'container', log, adopted, started, id });
     } finally {
-      spec.signal.removeEventListener('abort', onAbort);
+      release();
     }
 
     /**
@@ -520,16 +425,16 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
      * its log is read the same way; gone (404) → ContainerGone. A lost connection is retried until Docker is
      * back; only a shutdown (HandedBack) ends the wait early.
      */
-    async function follow(container: Container, first: NodeJS.ReadableStream | null, spec: StageSpec, scanners: Record<StreamName, StreamScanner>): Promise<ContainerInspectInfo> {
-      const processed: ByteCounts = { stdout: 0, stderr: 0 };
+    async function follow(container: Container, first: NodeJS.ReadableStream | null, reader: OutputReader): Promise<ContainerInspectInfo> {
+      const { processed } = reader;
       let stream = first;
-      let skip: ByteCounts = { stdout: 0, stderr: 0 };
+      let skip = { stdout: 0, stderr: 0 };
       let fromLog = first === null;
       for (let round = 0; ; round++) {
         let endedCleanly = false;
         if (stream !== null) {
           try {
-            await pump(stream, spec, scanners, processed, skip);
+            await reader.pump(stream, skip, signal);
             endedCleanly = true;
           } catch (err) {
             if (err instanceof HandedBack) throw err;
@@ -551,48 +456,6 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
         fromLog = true;
       }
     }
-
-    /**
-     * Reads the multiplexed output, scans it and forwards masked lines, after dropping the first `skip`
-     * payload bytes of each stream; counts the bytes processed. Resolves at the end of the stream.
-     */
-    async function pump(stream: NodeJS.ReadableStream, spec: StageSpec, scanners: Record<StreamName, StreamScanner>, processed: ByteCounts, skip: ByteCounts) {
-      const source = stream as NodeJS.ReadableStream & { destroy?: () => void };
-      const onAbort = () => source.destroy?.();
-      if (signal.aborted) {
-        onAbort();
-        throw new HandedBack();
-      }
-      signal.addEventListener('abort', onAbort, { once: true });
-      try {
-        const demux = new FrameDemuxer();
-        for await (const chunk of stream as AsyncIterable<Buffer>) {
-          for (const frame of demux.push(chunk)) {
-            const s = frame.stream;
-            let payload = frame.payload;
-            if (skip[s] > 0) {
-              const n = Math.min(skip[s], payload.length);
-              skip[s] -= n;
-              payload = payload.subarray(n);
-            }
-            if (payload.length === 0) continue;
-            processed[s] += payload.length;
-            await forward(spec, s, scanners[s].push(payload));
-          }
-        }
-      } catch (err) {
-        if (signal.aborted) throw new HandedBack();
-        throw err;
-      } finally {
-        signal.removeEventListener('abort', onAbort);
-        source.destroy?.();
-      }
-      if (signal.aborted) throw new HandedBack();
-    }
-  }
-
-  async function forward(spec: StageSpec, name: StreamName, lines: string[]) {
-    if (lines.length > 0 && spec.onLines) await spec.onLines(name, lines);
   }
 
   /**
@@ -618,10 +481,7 @@ export function createContainerRunner(deps: RunnerDeps): ContainerRunner {
   }
 
   async function list(filter: { stage?: Stage; runId?: string } = {}) {
-    const labels = [`${LABELS.managed}=true`, `${LABELS.instance}=${deps.instance}`];
-    if (filter.stage !== undefined) labels.push(`${LABELS.stage}=${filter.stage}`);
-    if (filter.runId !== undefined) labels.push(`${LABELS.runId}=${filter.runId}`);
-    const found = await docker.listContainers({ all: true, filters: { label: labels } });
+    const found = await docker.listContainers({ all: true, filters: { label: labelFilter(deps.instance, filter) } });
     return found.map((c) => ({ id: c.Id, name: (c.Names[0] ?? '').replace(/^\//, ''), state: c.State, labels: c.Labels }));
   }
 

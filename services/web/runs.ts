@@ -10,6 +10,9 @@ export interface StageView {
   durationMs: number;
   exitCode: number | null;
   error?: string;
+  /** When its step began and ended (the step record's times). */
+  startedAt: string;
+  endedAt?: string;
 }
 
 export type RunResult = 'trained' | 'up-to-date' | 'no-new-data' | 'busy' | 'failed' | 'skipped' | 'running';
@@ -65,14 +68,16 @@ function stageOf(step: Step, r: StepRecord, now: number): { view: StageView; ter
   const started = Date.parse(r.startedAt);
   const elapsed = Math.max(0, (r.endedAt !== undefined ? Date.parse(r.endedAt) : now) - started);
   const containerOf = (stage: keyof StepRecord['containers']) => r.containers[stage];
+  const times = { startedAt: r.startedAt, ...(r.endedAt !== undefined ? { endedAt: r.endedAt } : {}) };
   if (r.events === undefined) {
-    return { view: { outcome: 'running', durationMs: elapsed, exitCode: null }, next: false };
+    return { view: { outcome: 'running', durationMs: elapsed, exitCode: null, ...times }, next: false };
   }
   const view = (outcome: string, body: Record<string, unknown> | undefined, exitCode: number | null): StageView => ({
     outcome,
     durationMs: num(body?.durationMs) ?? elapsed,
     exitCode,
     ...(typeof body?.error === 'string' ? { error: body.error } : {}),
+    ...times,
   });
   switch (step) {
     case 'transform': {
@@ -93,7 +98,7 @@ function stageOf(step: Step, r: StepRecord, now: number): { view: StageView; ter
       const exitCode = num(containerOf('model-trigger')?.exitCode) ?? null;
       const mismatch = ending(r, 'model.mismatch');
       if (mismatch !== undefined) {
-        return { view: { outcome: String(mismatch.reason ?? 'mismatch'), durationMs: num(containerOf('model-trigger')?.durationMs) ?? elapsed, exitCode }, next: true };
+        return { view: { outcome: String(mismatch.reason ?? 'mismatch'), durationMs: num(containerOf('model-trigger')?.durationMs) ?? elapsed, exitCode, ...times }, next: true };
       }
       const body = ending(r, 'model.done');
       const outcome = String(body?.outcome ?? 'failed');

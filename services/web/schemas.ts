@@ -44,6 +44,11 @@ export const DagRunRequest = z.strictObject({
   execution_date: z.string().nullable().optional(),
 });
 
+export const AssetParams = z.strictObject({
+  version: z.string().regex(/^[0-9a-f]{1,64}$/, 'must be an asset version'),
+  file: z.string().regex(/^[a-z0-9-]{1,40}\.(js|css|svg)$/, 'must be an asset name'),
+});
+
 export const DagParams = z.strictObject({ dagId: z.string().max(250) });
 export const DagRunParams = z.strictObject({ dagId: z.string().max(250), dagRunId: RunId });
 

@@ -14,8 +14,11 @@ import { openSchedule, scheduleView } from '../../shared/schedule';
 import { AuthRefused, createConnectionPool, isAuthRefused, parseBasic, type ConnectNats, type Lease } from './access';
 import { createLogsReader, formatCursor, parseCursor, type LogsReader } from './logs';
 import { createRunsReader, type RunView, type RunsReader } from './runs';
-import { DagParams, DagRunParams, DagRunRequest, EventsQuery, LogsQuery, RunParams, RunsQuery, TriggerRequest, problem } from './schemas';
+import { AssetParams, DagParams, DagRunParams, DagRunRequest, EventsQuery, LogsQuery, RunParams, RunsQuery, TriggerRequest, problem } from './schemas';
 import { SECURITY_HEADERS, openSse } from './sse';
+import { abilitiesCache } from './me';
+import { loadAssets, type Asset } from './static';
+import { locksHeld, servicesUp } from './status';
 
 export interface WebConfig {
   host: string;
@@ -104,6 +107,8 @@ export function createWeb(deps: WebDeps): Web {
   const streams = new Gauge({ name: 'brain_web_streams', help: 'Open event and log streams', registers: [metrics.registry] });
   const pool = createConnectionPool({ connect: deps.connect, logger, idleMs: config.connectionIdleMs ?? 30_000 });
   const readers = new WeakMap<NatsConnection, Promise<Readers>>();
+  const abilities = abilitiesCache();
+  const assets = loadAssets();
   const app = Fastify({ logger: false, bodyLimit: 64 * 1024, return503OnClosing: true, forceCloseConnections: true });
   let own: NatsConnection | undefined;
   let authRequired = false;
@@ -193,6 +198,44 @@ export function createWeb(deps: WebDeps): Web {
 
   app.register(async (api) => {
     api.addHook('preHandler', authenticate);
+
+    // The dashboard: one page for the grid (`/`) and a run (`/runs/:runId`); its assets under a version of their
+    // contents, cached for good (a new release has a new version); the page itself revalidated on every load.
+    const sendAsset = (req: FastifyRequest, reply: FastifyReply, asset: Asset, cache: string) => {
+      void reply.header('cache-control', cache).header('etag', asset.etag).type(asset.type);
+      if (req.headers['if-none-match'] === asset.etag) return reply.status(304).send();
+      return reply.send(asset.body);
+    };
+    api.get('/', async (req, reply) => sendAsset(req, reply, assets.page, 'no-cache'));
+    api.get('/runs/:runId', async (req, reply) => {
+      parse(RunParams, req.params);
+      return sendAsset(req, reply, assets.page, 'no-cache');
+    });
+    api.get('/assets/:version/:file', async (req, reply) => {
+      const { version, file } = parse(AssetParams, req.params);
+      const asset = assets.get(file);
+      if (asset === undefined) throw new HttpError(404, 'NOT_FOUND', `no asset ${file}`);
+      // A page of an older release still gets today's files, uncached.
+      return sendAsset(req, reply, asset, version === assets.version ? 'private, max-age=31536000, immutable' : 'no-cache');
+    });
+
+    /** Who the request runs as and what NATS lets them do (probed once per connection, see me.ts). */
+    api.get('/api/me', async (req) => {
+      const lease = leaseOf(req);
+      const may = await abilities(lease.nc, lease.user);
+      return { user: lease.user ?? null, auth: authRequired, may: { trigger: may.trigger, pause: may.pause }, why: may.why };
+    });
+
+    /** Services up (the NATS services API), the run locks held, the schedule and its next run. */
+    api.get('/api/status', async (req) => {
+      const nc = leaseOf(req).nc;
+      const [services, locks, schedule] = await Promise.all([
+        servicesUp(nc),
+        locksHeld(nc),
+        openSchedule(nc).then(async (control) => viewOf(control !== null ? await control.read() : { paused: false })),
+      ]);
+      return { services, locks, schedule };
+    });
 
     api.get('/api/runs', async (req) => {
       const q = parse(RunsQuery, req.query);

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 'use strict';
+require('../dist/cli/startup.js').deferZodLocales();
 require('../dist/cli/brain.js')
   .main(process.argv)
   .then(

@@ -18,7 +18,6 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { Config } from './config';
 import type { EventSubject } from './events';
 import { BrainError, ErrorCode } from './errors';
-import { SCHEDULE_BUCKET, SCHEDULE_HISTORY } from './schedule';
 
 export const EVENTS_STREAM = 'BRAIN_EVENTS';
 export const LOGS_STREAM = 'BRAIN_LOGS';
@@ -26,6 +25,9 @@ export const LOCKS_BUCKET = 'locks';
 /** The durable per-run, per-stage record: keys `<runId>.<stage>`, one value each (history 1), kept 30 days. */
 export const RUNS_BUCKET = 'runs';
 export const RUNS_MAX_AGE_MS = 30 * 24 * 3600 * 1000;
+/** The schedule's pause (shared/schedule.ts): no max age, a short history of who paused and resumed. */
+export const SCHEDULE_BUCKET = 'schedule';
+export const SCHEDULE_HISTORY = 16;
 export const EVENT_SUBJECTS = ['transform.>', 'data.>', 'load.>', 'model.>', 'rejected.>'];
 
 /** The stream behind a KV bucket. */

@@ -4,15 +4,15 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { Cron } from 'croner';
 import { z } from 'zod';
 import { parseJson } from './events';
+import { SCHEDULE_BUCKET } from './nats';
 
 /**
  * The schedule's durable state: KV bucket `schedule`, key `paused`. No max age (a pause lasts until someone
  * resumes), a short history (who paused and resumed, last first). Every scheduler replica reads it at each tick,
  * so a pause is obeyed by all of them and survives restarts of every service.
  */
-export const SCHEDULE_BUCKET = 'schedule';
+export { SCHEDULE_BUCKET };
 export const PAUSE_KEY = 'paused';
-export const SCHEDULE_HISTORY = 16;
 
 export const PauseState = z.strictObject({
   paused: z.boolean(),

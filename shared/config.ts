@@ -1,7 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { parse as parseDotenv } from 'dotenv';
-import { Cron } from 'croner';
 import { z } from 'zod';
 import { ConfigError } from './errors';
 
@@ -98,16 +97,22 @@ const natsUrl = z
     message: 'must be one or more nats:// URLs separated by commas',
   });
 
+/** croner, loaded when a schedule is checked: a CLI command that needs only the NATS settings never loads it. */
+// eslint-disable-next-line @typescript-eslint/no-require-imports -- loading on first use is the point
+const croner = () => require('croner') as typeof import('croner');
+
 const cronExpression = z
   .string()
-  .default('0 * * * *')
+  .optional()
   .superRefine((v, ctx) => {
+    if (v === undefined) return;
     try {
-      new Cron(v, { paused: true, timezone: 'UTC' }).stop();
+      new (croner().Cron)(v, { paused: true, timezone: 'UTC' }).stop();
     } catch (err) {
       ctx.addIssue({ code: 'custom', message: `is not a valid cron expression (${(err as Error).message})` });
     }
-  });
+  })
+  .transform((v) => v ?? '0 * * * *');
 
 const schema = z.object({
   NATS_URL: natsUrl,

@@ -30,7 +30,7 @@ export default defineConfig(
   {
     files: ['**/*.js', '**/*.mjs'],
     extends: [tseslint.configs.disableTypeChecked],
-    languageOptions: { globals: { require: 'readonly', process: 'readonly', module: 'writable' } },
+    languageOptions: { globals: { require: 'readonly', process: 'readonly', module: 'writable', __dirname: 'readonly', URL: 'readonly' } },
     // bin/brain.js is CommonJS, as the package is.
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
@@ -45,6 +45,7 @@ export default defineConfig(
         location: 'readonly',
         fetch: 'readonly',
         EventSource: 'readonly',
+        URLSearchParams: 'readonly',
         HTMLElement: 'readonly',
         setTimeout: 'readonly',
         clearTimeout: 'readonly',

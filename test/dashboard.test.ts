@@ -45,7 +45,7 @@ t.before(async () => {
       envFiles: {
         // The transform takes a second (a stage seen running, then done); training prints many lines slowly.
         transform: { NEW_DATA: '1', SLEEP: '1' },
-        train: { SCRIPT: `sleep 1; seq 1 ${TRAIN_LINES} | sed "s/^/train line /"; echo "trained model $BRAIN_RUN_ID"` },
+        train: { SCRIPT: `seq 1 ${TRAIN_LINES} | sed "s/^/train line /"; echo "trained model $BRAIN_RUN_ID"` },
       },
     }),
     startAuthNatsServer(),
@@ -148,6 +148,13 @@ t.test('a run triggered on the bus appears on an open page within 2 s of its eve
   t.match(await cellText(page, runId, 'train'), /\d+(\.\d)? (ms|s)/, 'each cell shows its duration');
   t.ok(await page.locator(`tr[data-run="${runId}"] td[data-stage="train"] .o-ok`).count(), 'coloured by its outcome');
   t.equal(await page.evaluate(() => (window as unknown as { sameDocument?: boolean }).sameDocument), true, 'the page was never reloaded');
+  const reads = requests.filter((r) => r.page === page.url() && new URL(r.url).pathname.startsWith('/api/runs')).map((r) => r.url.slice(origin().length));
+  t.ok(reads.length > 1, `${reads.length} reads of runs`);
+  t.same(
+    reads.filter((u) => u !== '/api/runs?limit=25' && u !== `/api/runs/${runId}`),
+    [],
+    'the first page once, then only the run an event named: never all history',
+  );
   await page.close();
 });
 
@@ -207,7 +214,7 @@ t.test('the trigger button publishes a trigger; the run page shows its timeline,
   const grid = await openGrid(context);
   await grid.waitForSelector(`tr[data-run="${runId}"] td[data-stage="train"] .o-ok`);
   await grid.waitForSelector('#chart canvas');
-  await grid.waitForSelector('#services li .dot.up');
+  await grid.waitForSelector('body[data-status="loaded"]');
   const services = await grid.locator('#services').innerText();
   t.match(services, /up\s+transformer/);
   t.match(services, /down\s+scheduler/, 'the scheduler is not running in this stack');
@@ -226,6 +233,18 @@ t.test('the page loads nothing from outside the service, breaks no CSP rule, wor
   await page.keyboard.press('Enter');
   t.equal(await page.evaluate(() => document.activeElement?.id), 'main', 'which moves the focus to the content');
   t.same(await cspViolations(page), [], 'no CSP violation (uPlot and the timeline set styles through the CSSOM only)');
+
+  // Older runs page in with the cursor of the page before.
+  const paged = await openGrid(phone, `${origin()}/?limit=1`);
+  t.equal(await paged.locator('#runs tbody tr').count(), 1, 'one run per page');
+  await paged.click('#older');
+  await paged.waitForSelector('#runs tbody tr[data-run="dash-bus-1"]');
+  t.equal(await paged.locator('#runs tbody tr').count(), 2, 'the older run is added below');
+  t.ok(
+    requests.some((r) => /\/api\/runs\?limit=1&before=\d+$/.test(r.url)),
+    'read with `before`',
+  );
+  t.notOk(await paged.locator('#older').isVisible(), 'no more pages');
   const runPage = await phone.newPage();
   await runPage.goto(`${origin()}/runs/dash-bus-1`);
   await runPage.waitForSelector('body[data-log-ended="true"]');
@@ -269,6 +288,9 @@ t.test('with NATS auth: a monitor sees the buttons disabled with the reason, an 
   const monitor = await newContext({ httpCredentials: { username: 'monitor', password: authNats.passwords.monitor } });
   const page = await openGrid(monitor, `${url}/`);
   t.match(await page.locator('#who').innerText(), /signed in as monitor/);
+  await page.waitForSelector('body[data-status="loaded"]');
+  t.match(await page.locator('#services').innerText(), /down\s+transformer/, 'the status panel reads the services API as monitor');
+  t.match(await page.locator('#locks').innerText(), /free\s+transform/, 'and the locks');
   for (const id of ['#trigger-transform', '#trigger-model', '#pause-toggle']) t.ok(await page.locator(id).isDisabled(), `${id} disabled for monitor`);
   t.ok(await page.locator('#trigger-why').isVisible());
   t.match(await page.locator('#trigger-why').innerText(), /NATS user "monitor" may not publish transform\.trigger .*operator account/);

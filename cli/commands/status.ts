@@ -1,44 +1,21 @@
 import type { NatsConnection } from '@nats-io/transport-node';
-import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
-import { errors } from '@nats-io/nats-core';
-import { Kvm } from '@nats-io/kv';
-import { Svcm, type ServiceInfo } from '@nats-io/services';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { SERVICE_NAMES } from '../../services/index';
-import { Subjects, parseJson } from '../../shared/events';
-import { LeaseValue } from '../../shared/lock';
-import { EVENTS_STREAM, LOCKS_BUCKET } from '../../shared/nats';
+import { Subjects } from '../../shared/events';
+import { EVENTS_STREAM } from '../../shared/nats';
 import { scheduleView, type ScheduleView } from '../../shared/schedule';
+import { isStreamNotFound as isNotFound, locksHeld, servicesUp, type LockHeld, type ServiceStatus } from '../../shared/status';
 import { withClient } from '../client';
 import { recentRuns } from '../history';
 import { formatDuration, paintOutcome, painter, parseMessage, useColour } from '../view';
 import { clientSchedule, describeSchedule, readPause } from './schedule';
 
-/** The stream (or the bucket's stream) does not exist yet: nothing was ever set up or started. */
-const isNotFound = (err: unknown) => err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound;
-
-/** No service subscribed to the services API: none is up. */
-const isNoResponders = (err: unknown) => err instanceof errors.NoRespondersError || (err instanceof errors.RequestError && err.isNoResponders());
-
 /** How long to collect replies from the services API. */
 const DISCOVERY_WAIT_MS = 1500;
 
-interface ServiceStatus {
-  service: string;
-  up: boolean;
-  instances: { id: string; version: string; startedAt?: string; holder?: string }[];
-}
-
-interface LockStatus {
-  key: 'transform' | 'model';
-  held: boolean;
-  runId?: string;
-  holder?: string;
-  stage?: string;
+interface LockStatus extends LockHeld {
   /** Since the run started (from the history), when it is known. */
   heldForMs?: number;
-  /** Since the holder last refreshed the lease. */
-  refreshedMsAgo?: number;
-  invalid?: string;
 }
 
 type StageName = 'transform' | 'load' | 'model';
@@ -46,43 +23,10 @@ type StageName = 'transform' | 'load' | 'model';
 type LastRun =
   { stage: StageName; runId: string; at: string; outcome: string; durationMs: number; error?: string } | { stage: StageName; at: string; invalid: string } | { stage: StageName };
 
-async function services(nc: NatsConnection): Promise<ServiceStatus[]> {
-  const infos: ServiceInfo[] = [];
-  try {
-    const replies = await new Svcm(nc).client({ strategy: 'timer', maxWait: DISCOVERY_WAIT_MS }).info();
-    for await (const info of replies) infos.push(info);
-  } catch (err) {
-    if (!isNoResponders(err)) throw err;
-  }
-  return SERVICE_NAMES.map((service) => {
-    const instances = infos
-      .filter((i) => i.name === `brain-${service}`)
-      .map((i) => ({
-        id: i.id,
-        version: i.version,
-        ...(i.metadata?.startedAt !== undefined ? { startedAt: i.metadata.startedAt } : {}),
-        ...(i.metadata?.holder !== undefined ? { holder: i.metadata.holder } : {}),
-      }));
-    return { service, up: instances.length > 0, instances };
-  });
-}
+const services = (nc: NatsConnection): Promise<ServiceStatus[]> => servicesUp(nc, SERVICE_NAMES, { maxWait: DISCOVERY_WAIT_MS });
 
 async function locks(nc: NatsConnection): Promise<LockStatus[]> {
-  const kv = await new Kvm(nc).open(LOCKS_BUCKET);
-  const keys = ['transform', 'model'] as const;
-  // No bucket yet: no service has ever started, so no lock is held.
-  const entries = await Promise.all(keys.map((key) => kv.get(key))).catch((err: unknown) => {
-    if (isNotFound(err)) return keys.map(() => null);
-    throw err;
-  });
-  const held = keys.map((key, i): LockStatus => {
-    const entry = entries[i];
-    if (entry === null || entry === undefined || entry.operation !== 'PUT') return { key, held: false };
-    const refreshedMsAgo = Date.now() - entry.created.getTime();
-    const value = parseJson(LeaseValue, entry.string());
-    if (!value.success) return { key, held: true, refreshedMsAgo, invalid: `unreadable lease value: ${entry.string().slice(0, 80)}` };
-    return { key, held: true, runId: value.data.runId, holder: value.data.holder, stage: value.data.stage, refreshedMsAgo };
-  });
+  const held: LockStatus[] = (await locksHeld(nc)).map((l) => l.lock);
   if (held.some((l) => l.runId !== undefined)) {
     const { runs } = await recentRuns(nc, 20);
     for (const lock of held) {

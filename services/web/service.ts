@@ -18,7 +18,7 @@ import { AssetParams, DagParams, DagRunParams, DagRunRequest, EventsQuery, LogsQ
 import { SECURITY_HEADERS, openSse } from './sse';
 import { abilitiesCache } from './me';
 import { loadAssets, type Asset } from './static';
-import { locksHeld, servicesUp } from './status';
+import { pipelineStatus } from './status';
 
 export interface WebConfig {
   host: string;
@@ -229,12 +229,11 @@ export function createWeb(deps: WebDeps): Web {
     /** Services up (the NATS services API), the run locks held, the schedule and its next run. */
     api.get('/api/status', async (req) => {
       const nc = leaseOf(req).nc;
-      const [services, locks, schedule] = await Promise.all([
-        servicesUp(nc),
-        locksHeld(nc),
+      const [status, schedule] = await Promise.all([
+        pipelineStatus(nc),
         openSchedule(nc).then(async (control) => viewOf(control !== null ? await control.read() : { paused: false })),
       ]);
-      return { services, locks, schedule };
+      return { ...status, schedule };
     });
 
     api.get('/api/runs', async (req) => {

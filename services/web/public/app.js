@@ -6,7 +6,8 @@ const STAGES = ['transform', 'load', 'gate', 'train'];
 const STAGE_LABELS = { transform: 'Transform', load: 'Load', gate: 'Gate', train: 'Train' };
 const STAGE_COLOURS = { transform: '#1d5fa8', load: '#1f7a3a', gate: '#8a5a00', train: '#7a2fa8' };
 const EVENT_NAMES = ['transform.trigger', 'transform.done', 'data.new', 'load.done', 'model.trigger', 'model.mismatch', 'model.done'];
-const PAGE_SIZE = 25;
+/** Runs per page of the grid: 25, or `?limit=N` (1 to 200) in the page's address. */
+const PAGE_SIZE = Math.min(200, Math.max(1, Number.parseInt(new URLSearchParams(location.search).get('limit') ?? '', 10) || 25));
 /** Lines asked for when a run's log opens, and per "load earlier lines". */
 const LOG_PAGE = 500;
 /** Lines kept in the page while following live: older ones are dropped (and can be loaded again). */
@@ -25,6 +26,21 @@ function el(tag, attrs = {}, children = []) {
   }
   for (const c of children) if (c !== null && c !== undefined) node.append(c);
   return node;
+}
+
+/** Column headings of each table, next to the code that fills its rows. */
+const COLUMNS = {
+  runs: ['Run', 'Started (UTC)', 'Trigger', 'Result', ...STAGES.map((s) => STAGE_LABELS[s])],
+  timeline: ['Stage', 'Outcome', 'Start (UTC)', 'End (UTC)', 'Duration', { label: 'Share of the run' }],
+  events: ['At (UTC)', 'Subject', 'Details'],
+};
+// Each table sits in a scrolling region named by its section's heading, reachable with the keyboard.
+for (const box of document.querySelectorAll('[data-table]')) {
+  const id = box.getAttribute('data-table') ?? '';
+  const heads = COLUMNS[id].map((c) => el('th', { scope: 'col' }, [typeof c === 'string' ? c : el('span', { class: 'sr-only' }, [c.label])]));
+  const label = box.closest('section')?.getAttribute('aria-labelledby') ?? '';
+  for (const [k, v] of Object.entries({ role: 'region', 'aria-labelledby': label, tabindex: '0' })) box.setAttribute(k, v);
+  box.append(el('table', { id, class: id }, [el('thead', {}, [el('tr', {}, heads)]), el('tbody')]));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -242,7 +258,25 @@ async function gridPage() {
 
   // --- live: an event refetches only its run ----------------------------------------------------------------------
   const pending = new Map();
+  /** A run shown from its trigger or refusal event until its record exists. */
+  function placeholder(runId, subject, data) {
+    const known = runs.get(runId);
+    const rejected = subject.startsWith('rejected.');
+    runs.set(runId, {
+      runId,
+      startedAt: known?.startedAt ?? data.at ?? new Date().toISOString(),
+      trigger: known?.trigger ?? { subject: rejected ? subject.slice('rejected.'.length) : subject, reason: data.reason ?? null },
+      result: rejected ? 'rejected' : 'queued',
+      stages: {},
+      cursor: Number.MAX_SAFE_INTEGER,
+    });
+  }
   function refreshRun(runId, subject, data) {
+    // A new run's trigger shows at once; its record is read a moment later.
+    if (!runs.has(runId) && (subject === 'transform.trigger' || subject === 'model.trigger')) {
+      placeholder(runId, subject, data);
+      render();
+    }
     clearTimeout(pending.get(runId));
     pending.set(
       runId,
@@ -255,18 +289,7 @@ async function gridPage() {
         } catch (err) {
           if (!(err instanceof ApiError && err.status === 404)) return;
           // Triggered, not begun yet (or refused): shown from its event until its record exists.
-          const known = runs.get(runId);
-          const rejected = subject.startsWith('rejected.');
-          if (known === undefined || rejected) {
-            runs.set(runId, {
-              runId,
-              startedAt: known?.startedAt ?? data.at ?? new Date().toISOString(),
-              trigger: known?.trigger ?? { subject: rejected ? subject.slice('rejected.'.length) : subject, reason: data.reason ?? null },
-              result: rejected ? 'rejected' : 'queued',
-              stages: {},
-              cursor: Number.MAX_SAFE_INTEGER,
-            });
-          }
+          if (!runs.has(runId) || subject.startsWith('rejected.')) placeholder(runId, subject, data);
         }
         render();
       }, 100),
@@ -319,6 +342,7 @@ async function gridPage() {
     } catch (err) {
       $('services').replaceChildren(el('li', { class: 'error' }, [`status unavailable: ${err.message}`]));
     }
+    document.body.dataset.status = 'loaded';
   }
   let statusTimer;
   const scheduleStatus = (ms = 400) => {
@@ -418,7 +442,9 @@ async function gridPage() {
     },
     () => void loadPage().catch(() => undefined),
   );
-  const [meNow] = await Promise.all([loadMe(), loadPage().catch((err) => say(`Could not load runs: ${err.message}`, true)), loadStatus()]);
+  // The status panel loads on its own: the services' discovery takes a moment.
+  void loadStatus();
+  const [meNow] = await Promise.all([loadMe(), loadPage().catch((err) => say(`Could not load runs: ${err.message}`, true))]);
   me = meNow;
   explain(triggers, $('trigger-why'), me.may.trigger, me.why.trigger);
   explain($('pause-toggle'), $('pause-why'), me.may.pause, me.why.pause);

@@ -1,7 +1,20 @@
 #!/usr/bin/env node
 'use strict';
+/*
+ * The launcher. The commands that only talk to NATS load the CLI's bundle (`npm run bundle`: one file, so Node
+ * resolves and reads one module instead of hundreds); `service`, `up`, `setup` and help (commander alone) load the
+ * build as compiled, as does everything when there is no bundle.
+ */
+const { existsSync } = require('node:fs');
+const { join } = require('node:path');
+
+const bundled = new Set(['trigger', 'watch', 'runs', 'logs', 'status', 'pause', 'resume']);
+const command = process.argv.slice(2).find((arg) => !arg.startsWith('-'));
+const bundle = join(__dirname, '..', 'dist', 'cli', 'brain.bundle.js');
+const entry = bundled.has(command) && existsSync(bundle) ? bundle : '../dist/cli/brain.js';
+
 require('../dist/cli/startup.js').deferZodLocales();
-require('../dist/cli/brain.js')
+require(entry)
   .main(process.argv)
   .then(
     () => process.exit(process.exitCode ?? 0),

@@ -6,28 +6,32 @@
 import { Argument, Command, InvalidArgumentError, Option } from 'commander';
 
 /**
- * A module required when first used. Not `await import()`: in a CommonJS build TypeScript keeps `import()` as the
- * native ESM import, which goes through the ESM loader (slower, and it needs file extensions).
+ * A module required when first used, by a path the CLI's bundle (`npm run bundle`) leaves to Node: the commands
+ * that start services, and the service list, load the unbundled build (bin/brain.js runs `service`, `up` and `setup`
+ * from it, so one process never mixes the two). Not `await import()`: in a CommonJS build TypeScript keeps `import()`
+ * as the native ESM import, which goes through the ESM loader (slower, and it needs file extensions).
  */
 function lazy<T>(id: string): () => T {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- loading on first use is the point
   return () => require(id) as T;
 }
 
-/** The service list and shared/events load zod: only a parser, a command's help or an error needs them here. */
+/** The service list loads every service's definition: only `brain service`'s help and argument check need it. */
 const services = lazy<typeof import('../services/index')>('../services/index');
-const events = lazy<typeof import('../shared/events')>('../shared/events');
-const errors = lazy<typeof import('../shared/errors')>('../shared/errors');
+/* eslint-disable @typescript-eslint/no-require-imports -- required on first use, by literal paths the bundle follows */
+const events = () => require('../shared/events') as typeof import('../shared/events');
+const errors = () => require('../shared/errors') as typeof import('../shared/errors');
 const commands = {
   serve: lazy<typeof import('./commands/serve')>('./commands/serve'),
   setup: lazy<typeof import('./commands/setup')>('./commands/setup'),
-  trigger: lazy<typeof import('./commands/trigger')>('./commands/trigger'),
-  watch: lazy<typeof import('./commands/watch')>('./commands/watch'),
-  runs: lazy<typeof import('./commands/runs')>('./commands/runs'),
-  logs: lazy<typeof import('./commands/logs')>('./commands/logs'),
-  status: lazy<typeof import('./commands/status')>('./commands/status'),
-  schedule: lazy<typeof import('./commands/schedule')>('./commands/schedule'),
+  trigger: () => require('./commands/trigger') as typeof import('./commands/trigger'),
+  watch: () => require('./commands/watch') as typeof import('./commands/watch'),
+  runs: () => require('./commands/runs') as typeof import('./commands/runs'),
+  logs: () => require('./commands/logs') as typeof import('./commands/logs'),
+  status: () => require('./commands/status') as typeof import('./commands/status'),
+  schedule: () => require('./commands/schedule') as typeof import('./commands/schedule'),
 };
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 type ServiceName = import('../services/index').ServiceName;
 

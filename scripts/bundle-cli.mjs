@@ -1,0 +1,27 @@
+// The CLI's bundle (`npm run bundle`, after tsc): dist/cli/brain.js and everything it requires by a literal path, in
+// one file, so `brain runs` resolves and reads one module instead of hundreds (bin/brain.js picks it). Left out: the
+// services' handlers (`import('./service.js')`, `import('./run.js')`: `brain service`, `up` and `setup` run unbundled)
+// and zod's ~50 locales (the stand-in of cli/zod-locales.ts loads them from node_modules on first use).
+import { build } from 'esbuild';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+await build({
+  absWorkingDir: root,
+  entryPoints: ['dist/cli/brain.js'],
+  outfile: 'dist/cli/brain.bundle.js',
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  external: ['./service.js', './run.js'],
+  logLevel: 'warning',
+  plugins: [
+    {
+      name: 'zod-locales-on-first-use',
+      setup(b) {
+        b.onResolve({ filter: /\/locales\/index\.cjs$/ }, (args) => (args.importer.includes('/node_modules/zod/') ? { path: `${root}dist/cli/zod-locales.js` } : undefined));
+      },
+    },
+  ],
+});

@@ -4,12 +4,13 @@
  *
  *   BENCH_REPS=5  BENCH_LOG_MB=50  BENCH_MEM_MB=256  BENCH_EVENTS=500  BENCH_CONTENDERS=50
  *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=5  BENCH_COMPOSE=1  BENCH_WEB_RUNS=10000
- *   BENCH_SECTIONS=chain,floor,logs,memory,bus,footprint,load,web,compose  BENCH_CPU_PROF=<dir> (profiles the services)
+ *   BENCH_SECTIONS=chain,floor,logs,memory,bus,footprint,load,web,compose,cli  BENCH_CPU_PROF=<dir> (profiles the services)
  */
 import { buildTestImages } from '../kit/stand-ins';
 import { SERVICE_NAMES } from '../services/index';
 import { benchBus } from './bus';
 import { benchChain, type HopParts } from './chain';
+import { benchCliStartup } from './cli';
 import { FLOOR_NETWORKS, benchFloor } from './floor';
 import { composeFootprint, serviceMemory } from './footprint';
 import { benchLoad } from './load';
@@ -29,7 +30,7 @@ const cfg = {
   triggers: envInt('BENCH_TRIGGERS', 1000),
   loadBatches: envInt('BENCH_LOAD_BATCHES', 5),
   webRuns: envInt('BENCH_WEB_RUNS', 10_000),
-  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,floor,logs,memory,bus,footprint,load,web,compose').split(',').filter((s) => s !== '')),
+  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,floor,logs,memory,bus,footprint,load,web,compose,cli').split(',').filter((s) => s !== '')),
   cpuProf: process.env.BENCH_CPU_PROF,
 };
 if (process.env.BENCH_COMPOSE === '0') cfg.sections.delete('compose');
@@ -213,6 +214,12 @@ async function main(): Promise<void> {
       const r = await benchWebRuns(cfg.webRuns);
       row(`7. runs view GET /api/runs?limit=25, median, ${r.total} runs`, ms(r.largeMs), `20 runs ${ms(r.smallMs)}`, r.ratio, '≤ 1.5x', r.ratio <= 1.5);
       log(`   wrote ${r.total - 20} runs in ${r.writeSeconds.toFixed(1)} s; a page deep in the history has ${r.deepPageRuns} runs`);
+    }
+    if (cfg.sections.has('cli')) {
+      log('8. brain start-up: --help and runs against node -e 0, in turn');
+      const r = await benchCliStartup(Math.max(cfg.reps * 4, 15));
+      row('8. brain --help, median', ms(r.helpMs), `node -e 0 ${ms(r.nodeMs)}`, r.helpMs / r.nodeMs, '≤ 2x', r.helpMs <= 2 * r.nodeMs);
+      row('8. brain runs (connect, read, print), median', ms(r.runsMs), `node -e 0 ${ms(r.nodeMs)}`, r.runsMs / r.nodeMs, '≤ 2x', r.runsMs <= 2 * r.nodeMs);
     }
     if (cfg.sections.has('compose')) {
       log('5. footprint: compose stack');

@@ -10,9 +10,13 @@ import type Docker from 'dockerode';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Svcm, type Service as MicroService } from '@nats-io/services';
 import { createEventBus } from '../shared/bus';
-import { parseConfig, type Config } from '../shared/config';
-import { contendedLocksOf } from '../shared/definition';
-import { createContainerRunner, createDockerClient } from '../shared/docker';
+import { parseConfig, type Config, type SettingName } from '../shared/config';
+import { contendedLocksOf, type ServiceDefinition, type StageSettings } from '../shared/definition';
+import { createContainerRunner, createDockerClient, type ContainerRunner, type RunnerDeps } from '../shared/docker';
+import { ConfigError, describeError } from '../shared/errors';
+import type { Stage } from '../shared/events';
+import { stageRunners } from '../shared/runners';
+import { createSwarmRunner, swarmManagerProblem } from '../shared/swarm';
 import { createLocks, type Locks } from '../shared/lock';
 import { createStepRecords } from '../shared/record';
 import { openSchedule } from '../shared/schedule';
@@ -60,6 +64,61 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions):
   return convergeTopology(nc, wantedTopology(opts));
 }
 
+/** The setting that picks each stage's backend. */
+const RUNNER_SETTINGS = {
+  transform: 'TRANSFORM_RUNNER',
+  load: 'LOAD_RUNNER',
+  modelTrigger: 'MODEL_TRIGGER_RUNNER',
+  train: 'TRAIN_RUNNER',
+} as const satisfies Record<StageSettings, SettingName>;
+
+/** The stage settings of the named services whose stages run as Swarm jobs (`<STAGE>_RUNNER=swarm`). */
+const swarmSettingsOf = (names: readonly ServiceName[], config: Config): StageSettings[] => [
+  ...new Set(names.flatMap((n) => definitionOf(n).stages.map((s) => s.settings)).filter((k) => config.runners[k] === 'swarm')),
+];
+
+/**
+ * The configuration problems of the Swarm backend for the named services: each `<STAGE>_RUNNER=swarm` needs an engine
+ * that is an active swarm manager (asked with `docker.info()`). Empty when no stage of theirs runs on Swarm.
+ */
+export async function swarmProblems(names: readonly ServiceName[], config: Config, docker: Pick<Docker, 'info'>): Promise<string[]> {
+  const settings = swarmSettingsOf(names, config);
+  if (settings.length === 0) return [];
+  let problem: string | undefined;
+  try {
+    problem = swarmManagerProblem((await docker.info()) as Parameters<typeof swarmManagerProblem>[0]);
+  } catch (err) {
+    problem = `the Docker engine could not be asked whether it manages a swarm (${describeError(err)})`;
+  }
+  const engine = config.dockerHost ?? 'the local Docker engine';
+  return problem === undefined ? [] : settings.map((k) => `${RUNNER_SETTINGS[k]}: swarm runs the stage as a Swarm job, but ${problem.replace('the Docker engine', engine)}`);
+}
+
+/**
+ * A service's container runner: each of its stages on its own backend (`<STAGE>_RUNNER`): one Docker runner, and a
+ * Swarm runner per stage setting on swarm (its placement constraints are the setting's).
+ */
+function serviceRunner(definition: ServiceDefinition, config: Config, base: Omit<RunnerDeps, 'pullPolicy'>): ContainerRunner {
+  const docker = createContainerRunner({ ...base, pullPolicy: config.pullPolicy });
+  const swarm = new Map<StageSettings, ContainerRunner>();
+  const byStage = new Map<Stage, ContainerRunner>();
+  for (const { stage, settings } of definition.stages) {
+    if (config.runners[settings] !== 'swarm') continue;
+    let runner = swarm.get(settings);
+    if (runner === undefined) {
+      runner = createSwarmRunner({
+        ...base,
+        constraints: config.constraints[settings],
+        schedulingTimeoutMs: config.swarm.schedulingTimeoutMs,
+        gpuResourceKind: config.swarm.gpuResource,
+      });
+      swarm.set(settings, runner);
+    }
+    byStage.set(stage, runner);
+  }
+  return stageRunners(byStage, docker);
+}
+
 /** How long a lock winner waits before confirming its write on a replicated bucket (see `createLocks`). */
 const LOCK_SETTLE_MS = 200;
 
@@ -83,6 +142,12 @@ export interface RunningServices {
 export async function runServices(names: readonly ServiceName[], config: Config, opts: RunOptions = {}): Promise<RunningServices> {
   const label = names.length === 1 ? (names[0] as string) : 'brain';
   const logger = createLogger(label, config.logLevel, opts.logDestination);
+  const docker = opts.docker ?? createDockerClient(config.dockerHost);
+  const problems = await swarmProblems(names, config, docker);
+  if (problems.length > 0) {
+    logger.fatal({ problems }, `invalid configuration: ${problems.join('; ')}`);
+    throw new ConfigError(problems);
+  }
   const nc = await connectNats(config, label);
   const services: Service[] = [];
   const micro: MicroService[] = [];
@@ -105,7 +170,6 @@ export async function runServices(names: readonly ServiceName[], config: Config,
     const { kv, leader } = await lockStore(nc);
     instance = await deploymentId(nc);
     const holder = `${label}@${hostname()}:${process.pid}`;
-    const docker = opts.docker ?? createDockerClient(config.dockerHost);
     const bus = createEventBus({ nc, logger, ackWaitMs: config.ackWaitMs, metrics, contendedLocks: contendedLocksOf(SERVICES) });
     const runsKv = await openRuns(nc);
     const schedule = await openSchedule(nc);
@@ -119,9 +183,9 @@ export async function runServices(names: readonly ServiceName[], config: Config,
         logger: serviceLogger,
         settleMs: config.nats.replicas > 1 ? LOCK_SETTLE_MS : 0,
       });
-      const runner = createContainerRunner({
+      const definition = definitionOf(name);
+      const runner = serviceRunner(definition, config, {
         docker,
-        pullPolicy: config.pullPolicy,
         service: name,
         instance,
         logger: serviceLogger,
@@ -129,7 +193,6 @@ export async function runServices(names: readonly ServiceName[], config: Config,
       });
       allLocks.push(locks);
       const records = createStepRecords({ kv: runsKv, logger: serviceLogger });
-      const definition = definitionOf(name);
       const service = await definition.create({ config, bus, locks, runner, records, schedule, logger: serviceLogger });
       await service.start();
       services.push(service);

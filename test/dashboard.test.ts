@@ -16,6 +16,7 @@ import { EVENTS_STREAM } from '../shared/nats';
 import { ensureTopology } from '../services/composition-root';
 import { createWeb, type Web } from '../services/web/service';
 import { Pipeline } from '../kit/pipeline';
+import { SERVICE_NAMES } from '../services/index';
 import { startAuthNatsServer, type AuthNatsServer } from './helpers/nats-auth';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -26,11 +27,27 @@ const DESKTOP = { width: 1280, height: 860 };
 /** The train stand-in prints 1,200 lines: more than the page's first tail (500), so "load earlier lines" has work. */
 const TRAIN_LINES = 1200;
 
+/** Far from any test run: the scheduler runs but never ticks. */
+const SCHEDULE = '0 0 1 1 *';
+
+/** The port the pipeline's web service took (WEB_PORT=0), from its "listening" log line. */
+function portOf(lines: string[]): number {
+  for (const line of lines) {
+    try {
+      const entry = JSON.parse(line) as { msg?: string; port?: unknown };
+      if (entry.msg === 'web service listening' && typeof entry.port === 'number') return entry.port;
+    } catch {
+      // not a JSON log line
+    }
+  }
+  throw new Error('the web service logged no listening port');
+}
+
 const quiet = () => new Writable({ write: (_c, _e, cb) => cb() });
 const webLogger = () => createLogger('web', 'warn', quiet());
 
 let pipeline: Pipeline;
-let web: Web;
+let webPort: number;
 let authNats: AuthNatsServer;
 let admin: NatsConnection;
 let authWeb: Web;
@@ -41,7 +58,10 @@ const problems: string[] = [];
 
 t.before(async () => {
   [pipeline, authNats, browser] = await Promise.all([
+    // Every service, the web one included, through the composition root; the schedule's next tick is months away.
     Pipeline.start({
+      services: SERVICE_NAMES,
+      env: { TRANSFORM_SCHEDULE: SCHEDULE },
       envFiles: {
         // The transform takes a second (a stage seen running, then done); training prints many lines slowly.
         transform: { NEW_DATA: '1', SLEEP: '1' },
@@ -51,11 +71,7 @@ t.before(async () => {
     startAuthNatsServer(),
     chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true }),
   ]);
-  web = createWeb({
-    connect: ({ name }) => connect({ servers: pipeline.nats.url, name }),
-    logger: webLogger(),
-    config: { host: '127.0.0.1', port: 0, transformSchedule: '0 * * * *', heartbeatMs: 1000, logPollMs: 200 },
-  });
+  webPort = portOf(pipeline.logLines);
   admin = await authNats.connectAs('admin', 'test-admin');
   await ensureTopology(admin, { lockTtlMs: 90_000, ackWaitMs: 30_000 });
   authWeb = createWeb({
@@ -64,13 +80,13 @@ t.before(async () => {
     logger: webLogger(),
     config: { host: '127.0.0.1', port: 0, transformSchedule: '0 * * * *', heartbeatMs: 1000 },
   });
-  await Promise.all([web.start(), authWeb.start()]);
+  await authWeb.start();
   context = await newContext();
 });
 
 t.teardown(async () => {
   await browser?.close();
-  await Promise.allSettled([web?.stop(), authWeb?.stop()]);
+  await authWeb?.stop();
   await admin?.close();
   await authNats?.stop();
   authNats?.cleanup();
@@ -78,7 +94,7 @@ t.teardown(async () => {
   if (process.env.BRAIN_SCREENSHOTS_DIR === undefined) rmSync(SHOTS, { recursive: true, force: true });
 });
 
-const origin = () => `http://127.0.0.1:${web.port}`;
+const origin = () => `http://127.0.0.1:${webPort}`;
 
 /** A fresh browser context that records every request its pages make, every CSP violation, console error and page error. */
 async function newContext(opts: { httpCredentials?: { username: string; password: string }; viewport?: { width: number; height: number } } = {}): Promise<BrowserContext> {
@@ -140,6 +156,12 @@ t.test('a run triggered on the bus appears on an open page within 2 s of its eve
   const transformShown = await when('transform new-data', async () => /new-data/.test(await cellText(page, runId, 'transform')));
   t.ok(transformShown - done.at < 2000, `transform's cell turned new-data ${Math.round(transformShown - done.at)} ms after transform.done (< 2000)`);
 
+  await when(
+    'the run holding a lock in the status panel',
+    async () => /held\s+(transform|model)\s+dash-bus-1\s+stage \S+, by \S+, for \d/.test(await page.locator('#locks').innerText()),
+    15_000,
+  );
+  t.pass('the status panel shows the lock the run holds: its run, stage, holder and age');
   const end = await pipeline.waitForSubject('model.done', runId, 40_000);
   const trainShown = await when('train trained', async () => /trained/.test(await cellText(page, runId, 'train')), 20_000);
   t.ok(trainShown - end.at < 2000, `train's cell turned trained ${Math.round(trainShown - end.at)} ms after model.done (< 2000)`);
@@ -216,10 +238,9 @@ t.test('the trigger button publishes a trigger; the run page shows its timeline,
   await grid.waitForSelector('#chart canvas');
   await grid.waitForSelector('body[data-status="loaded"]');
   const services = await grid.locator('#services').innerText();
-  t.match(services, /up\s+transformer/);
-  t.match(services, /down\s+scheduler/, 'the scheduler is not running in this stack');
+  for (const name of SERVICE_NAMES) t.match(services, new RegExp(`up\\s+${name}`), `${name} up`);
   t.match(await grid.locator('#locks').innerText(), /free\s+transform/);
-  t.match(await grid.locator('#schedule-state').innerText(), /Running: 0 \* \* \* \* \(UTC\); next run/);
+  t.match(await grid.locator('#schedule-state').innerText(), /Running: 0 0 1 1 \* \(UTC\); next run \d{4}-01-01 00:00:00 UTC/);
   await grid.screenshot({ path: join(SHOTS, 'dashboard-grid.png'), fullPage: true });
   await grid.close();
 });
@@ -322,8 +343,13 @@ t.test('with NATS auth: a monitor sees the buttons disabled with the reason, an 
   t.match(await op.locator('#action-result').innerText(), /Schedule resumed/);
   await operator.close();
 
+  // The verdict is kept per connection: asking again on the same (pooled) connection probes nothing.
+  const refusals = () => authNats.log.filter((l) => /Violation/i.test(l) && l.includes('"monitor"') && l.includes('transform.trigger')).length;
+  const probed = refusals();
+  t.ok(probed > 0, 'the NATS server refused (and logged) the monitor’s probe');
   const me = await fetch(`${url}/api/me`, { headers: { authorization: `Basic ${Buffer.from(`monitor:${authNats.passwords.monitor}`).toString('base64')}` } });
   t.match(await me.json(), { user: 'monitor', auth: true, may: { trigger: false, pause: false } });
+  t.equal(refusals(), probed, 'no second probe on the same connection');
 });
 
 t.test('screenshots are PNGs of a desktop viewport', async (t) => {

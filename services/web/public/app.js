@@ -54,7 +54,8 @@ function formatDuration(ms) {
   if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
   const m = Math.floor(s / 60);
   if (m < 60) return `${m} m ${Math.round(s % 60)} s`;
-  return `${Math.floor(m / 60)} h ${m % 60} m`;
+  const h = Math.floor(m / 60);
+  return h < 48 ? `${h} h ${m % 60} m` : `${Math.floor(h / 24)} d ${h % 24} h`;
 }
 
 function formatTime(iso) {

@@ -16,6 +16,7 @@ import { EVENTS_STREAM } from '../shared/nats';
 import { ensureTopology } from '../services/composition-root';
 import { createWeb, type Web } from '../services/web/service';
 import { Pipeline } from '../kit/pipeline';
+import { webPortOf } from '../kit/screenshots';
 import { SERVICE_NAMES } from '../services/index';
 import { startAuthNatsServer, type AuthNatsServer } from './helpers/nats-auth';
 
@@ -29,19 +30,6 @@ const TRAIN_LINES = 1200;
 
 /** Far from any test run: the scheduler runs but never ticks. */
 const SCHEDULE = '0 0 1 1 *';
-
-/** The port the pipeline's web service took (WEB_PORT=0), from its "listening" log line. */
-function portOf(lines: string[]): number {
-  for (const line of lines) {
-    try {
-      const entry = JSON.parse(line) as { msg?: string; port?: unknown };
-      if (entry.msg === 'web service listening' && typeof entry.port === 'number') return entry.port;
-    } catch {
-      // not a JSON log line
-    }
-  }
-  throw new Error('the web service logged no listening port');
-}
 
 const quiet = () => new Writable({ write: (_c, _e, cb) => cb() });
 const webLogger = () => createLogger('web', 'warn', quiet());
@@ -71,7 +59,7 @@ t.before(async () => {
     startAuthNatsServer(),
     chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true }),
   ]);
-  webPort = portOf(pipeline.logLines);
+  webPort = webPortOf(pipeline.logLines);
   admin = await authNats.connectAs('admin', 'test-admin');
   await ensureTopology(admin, { lockTtlMs: 90_000, ackWaitMs: 30_000 });
   authWeb = createWeb({

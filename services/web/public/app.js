@@ -418,7 +418,7 @@ async function gridPage() {
           axes: [{}, { label: 'seconds', size: 60 }],
           series: [
             { label: 'run start (local time)' },
-            ...STAGES.map((s) => ({ label: STAGE_LABELS[s], stroke: STAGE_COLOURS[s], width: 2, points: { show: true, size: 6 }, spanGaps: false })),
+            ...STAGES.map((s) => ({ label: STAGE_LABELS[s], stroke: STAGE_COLOURS[s], width: 2, points: { show: true, size: 6 }, spanGaps: true })),
           ],
         },
         data,

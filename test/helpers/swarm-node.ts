@@ -32,6 +32,9 @@ export interface TwoNodeOptions {
   genericResources?: readonly string[];
 }
 
+/** The veth addresses this helper uses: a swarm advertising on one is a leftover of it. */
+const LEFTOVER = /^10\.231\./;
+
 const ip = (...args: string[]): void => void execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
 
 async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
@@ -53,8 +56,11 @@ async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T 
  */
 export async function startTwoNodeSwarm(t: { teardown: (fn: () => void | Promise<void>) => void }, opts: TwoNodeOptions = {}): Promise<TwoNodeSwarm> {
   const manager = new Docker();
-  const state = (await manager.info()) as { Swarm: { LocalNodeState: string } };
-  if (state.Swarm.LocalNodeState !== 'inactive') {
+  const state = (await manager.info()) as { Swarm: { LocalNodeState: string; NodeAddr?: string } };
+  if (state.Swarm.LocalNodeState !== 'inactive' && LEFTOVER.test(state.Swarm.NodeAddr ?? '')) {
+    // An earlier two-node swarm of this helper whose process died before its teardown: under the lock, nobody uses it.
+    await manager.swarmLeave({ force: true });
+  } else if (state.Swarm.LocalNodeState !== 'inactive') {
     throw new Error(`the suite's engine is already a swarm node (${state.Swarm.LocalNodeState}); a two-node swarm needs it to start outside any swarm`);
   }
   const tag = `bn${process.pid % 100_000}`;
@@ -64,15 +70,23 @@ export async function startTwoNodeSwarm(t: { teardown: (fn: () => void | Promise
   const dir = mkdtempSync(join(tmpdir(), 'brain-node-'));
   const workerUrl = `unix://${join(dir, 'docker.sock')}`;
   const teardowns: (() => Promise<void> | void)[] = [];
-  t.teardown(async () => {
-    for (const step of teardowns.reverse()) {
+  const tearDown = async () => {
+    process.off('SIGTERM', onSignal).off('SIGINT', onSignal);
+    for (const step of teardowns.splice(0).reverse()) {
       try {
         await step();
       } catch (err) {
         console.error(`two-node swarm teardown: ${(err as Error).message}`);
       }
     }
-  });
+  };
+  // A test process stopped by a signal (tap's timeout, a Ctrl-C) runs no teardown: take the namespace, the second
+  // dockerd and the swarm down first, then exit as the signal would have.
+  const onSignal = (signal: NodeJS.Signals) => {
+    void tearDown().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  };
+  process.once('SIGTERM', onSignal).once('SIGINT', onSignal);
+  t.teardown(tearDown);
 
   ip('netns', 'add', netns);
   teardowns.push(() => ip('netns', 'del', netns)); // deleting the namespace deletes the veth pair too

@@ -346,7 +346,7 @@ async function gridPage() {
     document.body.dataset.status = 'loaded';
   }
   let statusTimer;
-  const scheduleStatus = (ms = 400) => {
+  const scheduleStatus = (ms = 1000) => {
     clearTimeout(statusTimer);
     statusTimer = setTimeout(() => void loadStatus(), ms);
   };

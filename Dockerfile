@@ -6,8 +6,12 @@ ARG NODE_IMAGE=node:20-bookworm-slim
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
+# NPM_CA: PEM certificates for npm to trust besides its own, when building behind a TLS-intercepting proxy
+# (`--build-arg NPM_CA="$(cat proxy-ca.pem)"`; certificates, not secrets). Empty, the default: npm's own trust.
+ARG NPM_CA=
 # --ignore-scripts: `prepare` would compile before the sources are here; no dependency needs an install script.
-RUN npm ci --ignore-scripts --no-audit --no-fund
+RUN if [ -n "$NPM_CA" ]; then printf '%s\n' "$NPM_CA" >/tmp/npm-ca.pem && export NODE_EXTRA_CA_CERTS=/tmp/npm-ca.pem; fi \
+ && npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json ./
 COPY shared ./shared
 COPY services ./services
@@ -22,6 +26,8 @@ COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
+# The dashboard's page (services/web/static.ts reads it from /app/services/web/public).
+COPY services/web/public ./services/web/public
 USER node
 EXPOSE 8080
 ENTRYPOINT ["node", "/app/bin/brain.js"]

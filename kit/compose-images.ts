@@ -1,16 +1,19 @@
 /**
  * Base images for the compose smoke test, assembled FROM scratch out of what this machine has,
  * because no image registry is reachable: a node image (node, npm, busybox, a `node` user) to pass
- * as NODE_IMAGE, and a NATS image holding Debian's nats-server to pass as NATS_IMAGE.
+ * as NODE_IMAGE, a NATS image holding Debian's nats-server to pass as NATS_IMAGE, and a busybox image to
+ * pass as BUSYBOX_IMAGE (the example stages' base).
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { rootCertificates } from 'node:tls';
 
 export const COMPOSE_BASE_IMAGES = {
   node: 'brain-test-node:20',
   nats: 'brain-test-nats:2.9',
+  busybox: 'brain-test-busybox:1.36',
 } as const;
 
 const BUSYBOX_CANDIDATES = ['/bin/busybox', '/usr/bin/busybox'];
@@ -86,4 +89,25 @@ export function buildNatsImage(): void {
     'EXPOSE 4222 8222',
     'ENTRYPOINT ["/usr/local/bin/nats-server"]',
   ]);
+}
+
+/** busybox alone, like Docker Hub's busybox image: the base of examples/stages. */
+export function buildBusyboxImage(): void {
+  buildFromScratch(COMPOSE_BASE_IMAGES.busybox, () => undefined, ['CMD ["sh"]']);
+}
+
+const HOST_CA_BUNDLES = ['/etc/ssl/certs/ca-certificates.crt', '/etc/pki/tls/certs/ca-bundle.crt'];
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
+const pemBody = (pem: string) => pem.replace(/-----(BEGIN|END) CERTIFICATE-----|\s/g, '');
+
+/**
+ * The certificates this machine trusts beyond Node's own store, as PEM ('' when none): from NODE_EXTRA_CA_CERTS, else
+ * the system bundle. Behind a TLS-intercepting proxy they hold the proxy's CA, which npm inside a container build needs
+ * (the Dockerfile's NPM_CA build argument); on a plain machine they are the few roots the distribution and Node differ on.
+ */
+export function extraCaCertificates(): string {
+  const bundle = [process.env.NODE_EXTRA_CA_CERTS, ...HOST_CA_BUNDLES].find((file) => file !== undefined && file !== '' && existsSync(file));
+  if (bundle === undefined) return '';
+  const known = new Set(rootCertificates.map(pemBody));
+  return (readFileSync(bundle, 'utf8').match(PEM_CERTIFICATE) ?? []).filter((pem) => !known.has(pemBody(pem))).join('\n');
 }

@@ -1,17 +1,15 @@
 /**
- * Drives the repository's docker-compose.yml for the smoke test: builds the brain image without
+ * Drives the repository's docker-compose.yml (and its example override) for the smoke test: builds the images without
  * a registry, brings a uniquely named project up, and tears it down with everything it made.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import Docker from 'dockerode';
 import { LABELS } from '../shared/docker';
 import { buildTestImages, standInStageEnv } from './stand-ins';
-import { COMPOSE_BASE_IMAGES, buildNatsImage, buildNodeBaseImage } from './compose-images';
+import { COMPOSE_BASE_IMAGES, buildBusyboxImage, buildNatsImage, buildNodeBaseImage, extraCaCertificates } from './compose-images';
 import type { RunDirs } from './run-dirs';
 
 const run = promisify(execFile);
@@ -21,37 +19,43 @@ export const BRAIN_TEST_IMAGE = 'brain-test-pipeline:compose';
 
 const docker = new Docker();
 
+/** The example stage image as the tests build it (EXAMPLE_STAGES_IMAGE), on the local busybox. */
+export const EXAMPLE_TEST_IMAGE = 'brain-test-example-stages:compose';
+
+/** The compose files: the stack, and the override that runs it on the example stages (examples/stages). */
+export const COMPOSE_FILE = 'docker-compose.yml';
+export const EXAMPLE_COMPOSE_FILE = 'docker-compose.example.yml';
+
 /**
- * The runtime stage of the repository's Dockerfile, fed from this checkout's compiled dist/ and
- * its node_modules pruned to production, instead of the build stage's `npm ci` (which needs the
- * npm registry from inside a build container). Same base, user, layout and entrypoint.
+ * What the stack is built from here: the brain image from the repository's Dockerfile as written (its `npm ci` stage
+ * included) on the local node image, npm trusting this machine's extra certificates (a TLS-intercepting proxy's CA),
+ * and the example stages on the local busybox.
  */
-export async function buildBrainImage(tag = BRAIN_TEST_IMAGE): Promise<void> {
-  const dockerfile = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8');
-  const lastFrom = dockerfile.lastIndexOf('\nFROM ${NODE_IMAGE}');
-  if (lastFrom < 0) throw new Error('Dockerfile: no final `FROM ${NODE_IMAGE}` stage');
-  const runtime = dockerfile.slice(lastFrom + 1).replaceAll('COPY --from=build /app/', 'COPY ');
-  if (runtime.includes('--from=')) throw new Error('Dockerfile: the runtime stage copies something other than /app/* from build');
-  const context = mkdtempSync(join(tmpdir(), 'brain-image-'));
-  try {
-    writeFileSync(join(context, 'Dockerfile'), `ARG NODE_IMAGE\n${runtime}`);
-    for (const file of ['package.json', 'package-lock.json']) cpSync(join(REPO_ROOT, file), join(context, file));
-    cpSync(join(REPO_ROOT, 'bin'), join(context, 'bin'), { recursive: true });
-    for (const dir of ['cli', 'shared', 'services']) cpSync(join(REPO_ROOT, 'dist', dir), join(context, 'dist', dir), { recursive: true });
-    cpSync(join(REPO_ROOT, 'node_modules'), join(context, 'node_modules'), { recursive: true, verbatimSymlinks: true });
-    await run('npm', ['prune', '--omit=dev', '--offline', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: context });
-    await run('docker', ['build', '-q', '--build-arg', `NODE_IMAGE=${COMPOSE_BASE_IMAGES.node}`, '-t', tag, context], { maxBuffer: 16 * 1024 * 1024 });
-  } finally {
-    rmSync(context, { recursive: true, force: true });
-  }
+function localImageEnv(): Record<string, string> {
+  return {
+    BRAIN_IMAGE: BRAIN_TEST_IMAGE,
+    NODE_IMAGE: COMPOSE_BASE_IMAGES.node,
+    NPM_CA: extraCaCertificates(),
+    EXAMPLE_STAGES_IMAGE: EXAMPLE_TEST_IMAGE,
+    BUSYBOX_IMAGE: COMPOSE_BASE_IMAGES.busybox,
+  };
 }
 
-/** Builds every image the stack runs on this machine, none pulled: the stand-in stages, the node and nats bases, the brain image. */
-export async function buildComposeImages(): Promise<void> {
+/**
+ * Builds every image the stack runs on this machine, none pulled: the stand-in stages and the node, nats and busybox
+ * bases, then, through compose's own `build` of both files, the brain image (the Dockerfile as written, `npm ci` and
+ * `tsc` in the build container) and the example stages image. Resolves with how long the compose build took.
+ */
+export async function buildComposeImages(): Promise<{ buildMs: number }> {
   buildTestImages();
   buildNodeBaseImage();
   buildNatsImage();
-  await buildBrainImage();
+  buildBusyboxImage();
+  const builder = new ComposeProject(`brainbuild${randomBytes(4).toString('hex')}`, localImageEnv(), [COMPOSE_FILE, EXAMPLE_COMPOSE_FILE]);
+  const started = Date.now();
+  // `setup` stands for the six services (one image); compose 1.29 builds with the classic builder, as users of it do.
+  await builder.compose('build', '--quiet', 'setup', 'examples');
+  return { buildMs: Date.now() - started };
 }
 
 /** The NATS users of docker-compose.yml, by the variable that sets each one's password. */
@@ -88,7 +92,7 @@ export function localComposeProject(
   const passwords = Object.fromEntries(Object.keys(NATS_USERS).map((user) => [user, `p${randomBytes(12).toString('hex')}`])) as Record<ComposeNatsUser, string>;
   const passwordEnv = mode === 'set' ? Object.fromEntries(Object.entries(NATS_USERS).map(([user, variable]) => [variable, passwords[user as ComposeNatsUser]])) : {};
   const project = new ComposeProject(`${namePrefix}${randomBytes(4).toString('hex')}`, {
-    BRAIN_IMAGE: BRAIN_TEST_IMAGE,
+    ...localImageEnv(),
     NATS_IMAGE: COMPOSE_BASE_IMAGES.nats,
     NATS_CONFIG: 'nats-2.9.conf',
     NATS_PUBLISH: '127.0.0.1:',
@@ -117,13 +121,23 @@ export class ComposeProject {
   constructor(
     readonly name: string,
     readonly env: Record<string, string>,
+    readonly files: readonly string[] = [COMPOSE_FILE],
   ) {}
 
-  /** Runs compose on the repository's file with this project's name and environment. */
+  /**
+   * The same project with the example override: the example stages on host folders under `dataDir` (made by the
+   * override's one-shot `examples` service) and the repository's own env/ files, as a newcomer runs it.
+   */
+  withExamples(dataDir: string): ComposeProject {
+    return new ComposeProject(this.name, { ...this.env, EXAMPLE_DATA_DIR: dataDir, BRAIN_ENV_HOST_DIR: join(REPO_ROOT, 'env') }, [...this.files, EXAMPLE_COMPOSE_FILE]);
+  }
+
+  /** Runs compose on the repository's files with this project's name and environment. */
   async compose(...args: string[]): Promise<string> {
     const [cli, ...pre] = await composeCli();
     try {
-      const { stdout } = await run(cli, [...pre, '-p', this.name, '-f', join(REPO_ROOT, 'docker-compose.yml'), ...args], {
+      const files = this.files.flatMap((file) => ['-f', join(REPO_ROOT, file)]);
+      const { stdout } = await run(cli, [...pre, '-p', this.name, ...files, ...args], {
         env: { ...process.env, ...this.env },
         maxBuffer: 64 * 1024 * 1024,
       });
@@ -182,7 +196,7 @@ export class ComposeProject {
   async published(service: string, port: number): Promise<string> {
     const container = (await this.containers()).find((c) => c.Config.Labels['com.docker.compose.service'] === service);
     const binding = container?.NetworkSettings.Ports[`${port}/tcp`]?.[0];
-    if (binding === undefined) throw new Error(`${service}:${port} is not published`);
+    if (binding === undefined) throw new Error(`${service}:${port} is not published (${container?.State.Status ?? 'no container'}, restarts ${container?.RestartCount ?? 0})`);
     return `${binding.HostIp}:${binding.HostPort}`;
   }
 

@@ -1,19 +1,24 @@
 /**
- * Compose smoke test: the repository's docker-compose.yml with images made on this machine
- * (no registry), the stand-in stage images, a full chain triggered by the operator user.
+ * Compose smoke test: the repository's docker-compose.yml with its example override (docker-compose.example.yml), as a
+ * newcomer runs it, on images made on this machine (no registry): the brain image built from the Dockerfile as written
+ * (its `npm ci` stage included) and the example stages from examples/stages; a whole run triggered through the web API
+ * as the operator, the files the example stages move, and nothing left after `down -v`.
  */
 import t from 'tap';
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { errors } from '@nats-io/nats-core';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { ENV_FILES, SERVICE_NAMES } from '../services';
+import Docker from 'dockerode';
+import { SERVICE_NAMES } from '../services';
+import { LABELS } from '../shared/docker';
 import { EVENTS_STREAM, isPermissionDenied } from '../shared/nats';
-import { REPO_ROOT, buildComposeImages, localComposeProject, natsUserName, type ComposeNatsUser } from '../kit/compose';
+import { EXAMPLE_TEST_IMAGE, REPO_ROOT, buildComposeImages, localComposeProject, natsUserName, type ComposeNatsUser } from '../kit/compose';
 import { uid } from '../kit/pipeline';
 import { makeRunDirs } from '../kit/run-dirs';
+import { takeSwarmLock } from './helpers/swarm-lock';
 
 const DOCKER_SERVICES = ['transformer', 'loader', 'model-gate', 'trainer'];
 
@@ -26,22 +31,21 @@ function brain(cwd: string, env: Record<string, string>, ...args: string[]): Pro
   });
 }
 
-t.test('compose stack: healthy, role permissions, a full chain, clean teardown', async (t) => {
-  await buildComposeImages();
+t.test('compose stack with the example stages: built as written, healthy, role permissions, a whole run from the web API, clean teardown', async (t) => {
+  // A swarm test file's init or leave of the engine's swarm cuts the compose network's DNS and connections (ENOTFOUND
+  // nats, heartbeats missed): the stack runs while no swarm file changes the engine.
+  await takeSwarmLock(t);
+  const { buildMs } = await buildComposeImages();
+  t.pass(`compose built the brain image from the Dockerfile as written (npm ci, tsc, prune) and the example stages in ${(buildMs / 1000).toFixed(1)} s`);
 
   const dirs = makeRunDirs('brain-compose-');
   const { root } = dirs;
-  const envFiles: Record<keyof typeof ENV_FILES, string> = {
-    transform: 'NEW_DATA=1\n',
-    loadProcessed: 'TARGET=processed\n',
-    loadViz: 'TARGET=viz\n',
-    modelTrigger: 'MISMATCH=1\n',
-    train: '',
-  };
-  for (const [key, text] of Object.entries(envFiles)) writeFileSync(join(dirs.env, ENV_FILES[key as keyof typeof ENV_FILES]), text);
+  // Host folders that do not exist yet, as on a fresh machine: the override's one-shot `examples` service makes them.
+  const data = join(root, 'example');
 
   // No password is configured: the stack makes its own on the first start.
-  const { project } = localComposeProject('braintest', dirs, { LOG_LEVEL: 'debug' }, 'generated');
+  const { project: base } = localComposeProject('braintest', dirs, { LOG_LEVEL: 'debug' }, 'generated');
+  const project = base.withExamples(data);
   const runIds: string[] = [];
   const connections: NatsConnection[] = [];
   t.teardown(async () => {
@@ -53,15 +57,27 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     }
   });
 
+  // Without the override the stack is as before: no example service, the stage images of the settings.
+  const baseServices = (await base.compose('config', '--services')).trim().split('\n').sort();
+  t.same(baseServices, ['nats', 'setup', ...SERVICE_NAMES].sort(), 'docker-compose.yml alone: nats, setup and the services, no examples');
+  t.match(await base.compose('config'), 'TRANSFORM_IMAGE: brain-test-transform:latest', 'docker-compose.yml alone takes TRANSFORM_IMAGE from the settings');
+  t.match(await project.compose('config'), `TRANSFORM_IMAGE: ${EXAMPLE_TEST_IMAGE}`, 'with the override, every stage runs the example image');
+
   await project.compose('up', '-d', '--no-build').catch(async (err: Error) => {
     throw new Error(`${err.message}\n${await project.compose('logs', '--no-color', '--tail', '30')}`);
   });
-  const containers = await project.waitHealthy(1 + SERVICE_NAMES.length, 120_000);
-  t.pass(`nats and the ${SERVICE_NAMES.length} services (${SERVICE_NAMES.join(', ')}) are healthy, after the one-shot setup exited 0`);
+  const containers = await project.waitHealthy(1 + SERVICE_NAMES.length, 120_000, ['setup', 'examples']);
+  t.pass(`nats and the ${SERVICE_NAMES.length} services (${SERVICE_NAMES.join(', ')}) are healthy, after the one-shot setup and examples exited 0`);
+  t.same(readdirSync(data).sort(), ['aws', 'processed', 'viz'], 'the examples service made the host folders');
   const setupLog = await project.compose('logs', '--no-color', 'setup');
   for (const part of ['the BRAIN_EVENTS stream', 'the locks bucket (KV_locks)', 'the runs bucket (KV_runs)', 'the transformer consumer']) {
     t.match(setupLog, `created ${part}`, `setup (as admin) created ${part}`);
   }
+  const devDependency = await project.compose('exec', '-T', 'web', 'ls', '/app/node_modules/typescript').then(
+    () => 'present',
+    () => 'absent',
+  );
+  t.equal(devDependency, 'absent', 'the image holds production dependencies only (the build stage pruned typescript)');
 
   const pass = await project.natsPasswords();
   const users = Object.keys(pass) as ComposeNatsUser[];
@@ -163,13 +179,22 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
   monitor.publish('transform.trigger', JSON.stringify({ runId: refused, reason: 'test' }));
   await monitor.flush();
 
+  // The newcomer's "Trigger transform": POST /api/runs as the operator, with the password passwords.sh shows.
+  const webAt = await project.published('web', 8088);
+  t.match(webAt, /^127\.0\.0\.1:\d+$/, 'the web service is published on loopback only');
+  const basic = (user: 'monitor' | 'operator') => ({ authorization: `Basic ${Buffer.from(`${user}:${pass[user]}`).toString('base64')}` });
   const runId = uid();
   runIds.push(runId);
-  operator.publish('transform.trigger', JSON.stringify({ runId, reason: 'test' }));
-  await operator.flush();
+  const triggered = await fetch(`http://${webAt}/api/runs`, {
+    method: 'POST',
+    headers: { ...basic('operator'), 'content-type': 'application/json' },
+    body: JSON.stringify({ pipeline: 'transform', runId, reason: 'first run' }),
+  });
+  t.equal(triggered.status, 202, 'POST /api/runs as operator: 202');
+  t.same(await triggered.json(), { runId }, 'with the run id');
 
   const end = await waitFor((e) => e.data.runId === runId && e.subject === 'model.done', `model.done of ${runId}`);
-  t.equal(end.data.outcome, 'trained', 'the operator-triggered run trained a model');
+  t.equal(end.data.outcome, 'trained', 'the run triggered from the web API trained a model on the example stages');
   t.same(
     events.filter((e) => e.data.runId === runId).map((e) => e.subject),
     ['transform.trigger', 'transform.done', 'data.new', 'load.done', 'model.trigger', 'model.mismatch', 'model.done'],
@@ -181,15 +206,15 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     [],
     'nothing ran for the monitor’s trigger',
   );
-  t.same(readdirSync(join(dirs.aws, 'remote', 'processed')), [`${runId}.csv`], 'processed data pushed to the remote');
-  t.same(readdirSync(join(dirs.aws, 'remote', 'viz')), [`${runId}.png`], 'viz data pushed to the remote');
-  t.ok(existsSync(join(dirs.aws, 'models', `${runId}.bin`)), 'model written');
+  // What the example stages did on the host folders: a CSV and a chart, pushed by the loads (which emptied the
+  // folders), and a model file.
+  t.same(readdirSync(join(data, 'aws', 'example-remote', 'processed')), [`${runId}.csv`], 'the transform’s CSV pushed to the example remote');
+  t.same(readdirSync(join(data, 'aws', 'example-remote', 'viz')), [`${runId}.svg`], 'its chart too');
+  t.same([...readdirSync(join(data, 'processed')), ...readdirSync(join(data, 'viz'))], [], 'the loads emptied the processed and viz folders');
+  t.match(readFileSync(join(data, 'aws', 'example-models', `${runId}.txt`), 'utf8'), `model of ${runId}`, 'training wrote the model file');
 
-  // The web service, through its port published on the host's loopback: NATS credentials by HTTP Basic.
-  const webAt = await project.published('web', 8088);
-  t.match(webAt, /^127\.0\.0\.1:\d+$/, 'the web service is published on loopback only');
-  const runsPage = (user?: 'monitor' | 'operator') =>
-    fetch(`http://${webAt}/api/runs?limit=5`, user !== undefined ? { headers: { authorization: `Basic ${Buffer.from(`${user}:${pass[user]}`).toString('base64')}` } } : {});
+  // The run as the dashboard shows it, and its container lines after the containers are gone.
+  const runsPage = (user?: 'monitor' | 'operator') => fetch(`http://${webAt}/api/runs?limit=5`, user !== undefined ? { headers: basic(user) } : {});
   const anonymous = await runsPage();
   t.equal(anonymous.status, 401, 'GET /api/runs without credentials: 401');
   t.match(anonymous.headers.get('www-authenticate'), /^Basic /, 'asking for Basic credentials');
@@ -199,10 +224,19 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
     const body = (await res.json()) as { runs: { runId: string; result: string }[] };
     t.match(
       body.runs.find((r) => r.runId === runId),
-      { result: 'trained' },
-      `${user} sees the run, trained`,
+      { result: 'trained', stages: { transform: { outcome: 'new-data' }, load: { outcome: 'loaded' }, gate: { outcome: 'mismatch' }, train: { outcome: 'trained' } } },
+      `${user} sees the run, trained, with its four steps`,
     );
   }
+  const logs = (await (await fetch(`http://${webAt}/api/runs/${runId}/logs?limit=500`, { headers: basic('monitor') })).json()) as { lines: { stage: string; line: string }[] };
+  const linesOf = (stage: string) => logs.lines.filter((l) => l.stage === stage).map((l) => l.line);
+  t.ok(linesOf('transform').includes('New data was transformed'), 'the run’s log: the example transform printed the seed’s new-data phrase');
+  t.ok(linesOf('model-trigger').includes('File counts differ between the dataset commit and master.'), 'the example gate printed the seed’s mismatch phrase');
+  t.ok(linesOf('train').includes('epoch 3/3 loss=0.21'), 'training printed its progress');
+  t.ok(linesOf('load-processed').length > 0 && linesOf('load-viz').length > 0, 'both loads logged');
+  const page = await fetch(`http://${webAt}/`, { headers: basic('monitor') });
+  t.equal(page.status, 200, 'the dashboard page is served from the image');
+  t.match(await page.text(), /<html/i, 'as HTML');
 
   // The services' users only read the topology: the transformer's cannot cut the event stream.
   const transformer = await connect({ servers, user: 'transformer', pass: pass.transformer, name: 'compose-test-transformer', inboxPrefix: '_INBOX_transformer' });
@@ -227,4 +261,13 @@ t.test('compose stack: healthy, role permissions, a full chain, clean teardown',
   const forced = await brain(root, as('operator'), 'trigger', 'model', '--wait');
   t.equal(forced.code, 0, 'brain trigger model --wait as operator', { stderr: forced.stderr });
   t.match(forced.stdout, /model trained/, 'the operator forced a training run');
+
+  // down -v leaves nothing: no container of the project or of its runs, no volume.
+  await Promise.allSettled(connections.map((nc) => nc.close()));
+  await project.destroy(runIds);
+  t.same(await project.containers(), [], 'down -v: no container of the project is left');
+  const docker = new Docker();
+  t.same(await docker.listContainers({ all: true, filters: { label: [`${LABELS.managed}=true`, `${LABELS.runId}=${runId}`] } }), [], 'nor a stage container of the run');
+  const { Volumes } = await docker.listVolumes({ filters: { label: [`com.docker.compose.project=${project.name}`] } });
+  t.same(Volumes ?? [], [], 'nor a volume');
 });

@@ -4,10 +4,11 @@
  *
  *   BENCH_REPS=5  BENCH_LOG_MB=50  BENCH_MEM_MB=256  BENCH_EVENTS=500  BENCH_CONTENDERS=50
  *   BENCH_LOCK_ROUNDS=20  BENCH_TRIGGERS=1000  BENCH_LOAD_BATCHES=5  BENCH_COMPOSE=1  BENCH_WEB_RUNS=10000
- *   BENCH_SECTIONS=chain,floor,logs,memory,bus,footprint,load,web,compose,cli  BENCH_CPU_PROF=<dir> (profiles the services)
+ *   BENCH_SECTIONS=chain,floor,logs,memory,bus,footprint,load,web,compose,cli,backends  BENCH_CPU_PROF=<dir> (profiles the services)
  */
 import { buildTestImages } from '../kit/stand-ins';
 import { SERVICE_NAMES } from '../services/index';
+import { benchBackends } from './backends';
 import { benchBus } from './bus';
 import { benchChain, type HopParts } from './chain';
 import { benchCliStartup } from './cli';
@@ -30,7 +31,7 @@ const cfg = {
   triggers: envInt('BENCH_TRIGGERS', 1000),
   loadBatches: envInt('BENCH_LOAD_BATCHES', 5),
   webRuns: envInt('BENCH_WEB_RUNS', 10_000),
-  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,floor,logs,memory,bus,footprint,load,web,compose,cli').split(',').filter((s) => s !== '')),
+  sections: new Set((process.env.BENCH_SECTIONS ?? 'chain,floor,logs,memory,bus,footprint,load,web,compose,cli,backends').split(',').filter((s) => s !== '')),
   cpuProf: process.env.BENCH_CPU_PROF,
 };
 if (process.env.BENCH_COMPOSE === '0') cfg.sections.delete('compose');
@@ -220,6 +221,18 @@ async function main(): Promise<void> {
       const r = await benchCliStartup(Math.max(cfg.reps * 4, 15));
       row('8. brain --help, median', ms(r.helpMs), `node -e 0 ${ms(r.nodeMs)}`, r.helpMs / r.nodeMs, '≤ 2x', r.helpMs <= 2 * r.nodeMs);
       row('8. brain runs (connect, read, print), median', ms(r.runsMs), `node -e 0 ${ms(r.nodeMs)}`, r.runsMs / r.nodeMs, '≤ 2x', r.runsMs <= 2 * r.nodeMs);
+    }
+    if (cfg.sections.has('backends')) {
+      log(`9. backends: the train stage through the trainer, ${cfg.reps} runs on Swarm jobs and on Docker, each against the same by hand`);
+      const r = await benchBackends(cfg.reps);
+      for (const [name, hand, times] of [
+        ['Swarm job', 'docker service create --mode replicated-job, logs, rm', r.swarm],
+        ['Docker container', 'docker run --rm', r.docker],
+      ] as const) {
+        const [ours, base] = [median(times.serviceMs), median(times.handMs)];
+        row(`9. train stage as a ${name}: model.mismatch→model.done, median`, ms(ours), `${hand} ${ms(base)}`, ours / base, '');
+        log(`   ${name}: service ${times.serviceMs.map((x) => x.toFixed(0)).join(' ')}; by hand ${times.handMs.map((x) => x.toFixed(0)).join(' ')}`);
+      }
     }
     if (cfg.sections.has('compose')) {
       log('5. footprint: compose stack');

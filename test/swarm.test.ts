@@ -41,10 +41,14 @@ async function untilNoJobs(runId?: string, timeoutMs = 10_000): Promise<{ ID: st
 async function podmanEngine(t: { teardown(fn: () => unknown): void }): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'brain-podman-'));
   const socket = join(dir, 'podman.sock');
-  const child = spawn('podman', ['system', 'service', '--time=0', `unix://${socket}`], { stdio: 'ignore' });
-  t.teardown(() => {
+  // Its own storage: the host's Podman is not touched (only /info is asked of it, so nothing is stored there).
+  const storage = ['--root', join(dir, 'root'), '--runroot', join(dir, 'run'), '--tmpdir', join(dir, 'tmp'), '--storage-driver', 'vfs'];
+  const child = spawn('podman', [...storage, 'system', 'service', '--time=0', `unix://${socket}`], { stdio: 'ignore' });
+  t.teardown(async () => {
+    const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
-    rmSync(dir, { recursive: true, force: true });
+    await exited;
+    rmSync(dir, { recursive: true, force: true }); // vfs storage: no mounts to undo
   });
   for (let i = 0; i < 100 && !existsSync(socket); i++) await sleep(100);
   return `unix://${socket}`;
@@ -206,6 +210,38 @@ t.test('Swarm jobs on a single-node swarm', async (t) => {
     });
     t.ok(Date.now() - started < 6000, 'failed soon after the timeout');
     t.same(await runner.list({ runId }), [], 'no job service left');
+  });
+
+  await t.test('a job past its memory limit: exit 137 and OOM; its spec: one completion, never restarted, labelled service and container', async (t) => {
+    const runner = createSwarmRunner({ docker, service: 'transformer', instance, logger: createLogger('swarm-test', 'silent'), constraints: [], schedulingTimeoutMs: 10_000 });
+    const runId = uid();
+    let spec: {
+      Mode?: unknown;
+      Labels?: Record<string, string>;
+      TaskTemplate?: { RestartPolicy?: unknown; Resources?: unknown; ContainerSpec?: { Labels?: Record<string, string> } };
+    } = {};
+    const result = await runner.run({
+      stage: 'transform',
+      runId,
+      image: TEST_IMAGES.transform,
+      env: { SCRIPT: 'echo start; exec tail -c 150m /dev/zero' },
+      mounts: [],
+      memoryBytes: 16 * 1024 * 1024,
+      timeoutMs: 30_000,
+      signal: new AbortController().signal,
+      onStarted: async (job) => {
+        spec = ((await docker.getService(job.id).inspect()) as { Spec: typeof spec }).Spec;
+      },
+    });
+    t.match(result, { status: 'exited', exitCode: 137, oomKilled: true, timedOut: false });
+    t.same(spec.Mode, { ReplicatedJob: { MaxConcurrent: 1, TotalCompletions: 1 } });
+    t.match(spec.TaskTemplate?.RestartPolicy, { Condition: 'none' });
+    t.match(spec.TaskTemplate?.Resources, { Limits: { MemoryBytes: 16 * 1024 * 1024 } });
+    for (const labels of [spec.Labels, spec.TaskTemplate?.ContainerSpec?.Labels]) {
+      t.match(labels, { [LABELS.managed]: 'true', [LABELS.stage]: 'transform', [LABELS.runId]: runId, [LABELS.instance]: instance, [LABELS.envKeys]: 'SCRIPT' });
+    }
+    await runner.remove(result.containerId);
+    t.same(await runner.list({ runId }), [], 'removed');
   });
 
   await t.test('a swarm runner on an engine that is not a swarm manager (Podman’s API) is a configuration error at the service’s start', async (t) => {

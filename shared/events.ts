@@ -5,6 +5,11 @@ export const RUN_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 export const RunId = z.string().regex(RUN_ID_PATTERN, 'runId must be 1-64 characters of A-Z a-z 0-9 _ -');
 
 /** Bodies larger than this are rejected before parsing. */
+/**
+ * Header of the web service's permission probes (services/web/me.ts): a JetStream publish to a trigger subject that
+ * JetStream refuses, so never stored, but seen by core subscribers (`nats sub '>'`, `brain watch`), which skip it.
+ */
+export const PROBE_HEADER = 'Brain-Probe';
 export const MAX_EVENT_BYTES = 64 * 1024;
 
 export const Subjects = {

@@ -3,7 +3,9 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ENV_FILES } from '../services';
-import { RUN_ID_PATTERN } from '../shared/events';
+import { JetStreamApiCodes, JetStreamApiError, jetstream } from '@nats-io/jetstream';
+import { headers } from '@nats-io/nats-core';
+import { PROBE_HEADER, RUN_ID_PATTERN } from '../shared/events';
 import { Pipeline } from '../kit/pipeline';
 
 const BRAIN = resolve(__dirname, '../../bin/brain.js');
@@ -67,6 +69,17 @@ t.test('the brain CLI against a live pipeline', async (t) => {
     await p.publish('transform.trigger', 'not json');
     return watch.output().includes('"invalid"') ? true : undefined;
   });
+  // The web service's permission probe (services/web/me.ts): refused by JetStream, so never stored, but seen by core
+  // subscribers; watch skips it.
+  const probe = headers();
+  probe.set(PROBE_HEADER, 'permission');
+  const refused = await jetstream(p.client)
+    .publish('model.trigger', '', { headers: probe, expect: { lastSequence: Number.MAX_SAFE_INTEGER } })
+    .then(
+      () => false,
+      (err: unknown) => err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamWrongLastSequence,
+    );
+  t.ok(refused, 'the probe is refused by JetStream (nothing stored)');
 
   let okRun = '';
   await t.test('trigger --wait: a full chain succeeds', async (t) => {
@@ -87,6 +100,10 @@ t.test('the brain CLI against a live pipeline', async (t) => {
     t.ok(
       lines.some((l) => l.subject === 'transform.trigger' && l.invalid !== undefined),
       'invalid event shown as such',
+    );
+    t.notOk(
+      lines.some((l) => l.subject === 'model.trigger' && l.invalid !== undefined),
+      'the permission probe is not shown',
     );
     t.same(
       lines.filter((l) => l.event?.runId === okRun).map((l) => l.subject),

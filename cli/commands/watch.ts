@@ -1,3 +1,4 @@
+import { PROBE_HEADER } from '../../shared/events';
 import { EVENT_SUBJECTS } from '../../shared/nats';
 import { withClient } from '../client';
 import { eventJson, formatEventLine, painter, parseMessage, useColour } from '../view';
@@ -9,7 +10,7 @@ export function run(opts: { json?: boolean }): Promise<void> {
     const subs = EVENT_SUBJECTS.map((subject) =>
       nc.subscribe(subject, {
         callback: (err, msg) => {
-          if (err !== null) return;
+          if (err !== null || msg.headers?.has(PROBE_HEADER) === true) return;
           const m = parseMessage(msg.subject, msg.data);
           process.stdout.write(`${opts.json === true ? eventJson(m) : formatEventLine(m, new Date(), paint)}\n`);
         },

@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { JetStreamApiCodes, JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import { headers } from '@nats-io/nats-core';
-import { Subjects } from '../../shared/events';
+import { Subjects, PROBE_HEADER } from '../../shared/events';
 import { describeError } from '../../shared/errors';
 import { TopologyError, isPermissionDenied, openBucket } from '../../shared/nats';
 import { PAUSE_KEY, SCHEDULE_BUCKET } from '../../shared/schedule';
@@ -18,8 +18,6 @@ export interface Abilities {
  * nothing, but only after its permission check, which refuses the publish first for a user without the right.
  */
 export const IMPOSSIBLE_SEQUENCE = Number.MAX_SAFE_INTEGER;
-/** Header of every probe message, so that a core subscriber (`nats sub '>'`, `brain watch`) can tell it from an event. */
-export const PROBE_HEADER = 'Brain-Probe';
 
 type Verdict = { allowed: true } | { allowed: false; why: string; final: boolean };
 

@@ -8,7 +8,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LABELS } from '../shared/docker';
+import { LABELS, containerName } from '../shared/docker';
 import { createLogger } from '../shared/logger';
 import { createSwarmRunner, swarmManagerProblem } from '../shared/swarm';
 import { loadConfig, swarmProblems } from '../services/composition-root';
@@ -242,6 +242,48 @@ t.test('Swarm jobs on a single-node swarm', async (t) => {
     }
     await runner.remove(result.containerId);
     t.same(await runner.list({ runId }), [], 'removed');
+  });
+
+  await t.test('handed back on shutdown, the job runs on and is adopted; another deployment’s job is refused; a job gone is CONTAINER_GONE', async (t) => {
+    const runner = createSwarmRunner({ docker, service: 'trainer', instance, logger: createLogger('swarm-test', 'silent'), constraints: [], schedulingTimeoutMs: 10_000 });
+    const spec = (runId: string, signal: AbortSignal) => ({
+      stage: 'train' as const,
+      runId,
+      image: TEST_IMAGES.train,
+      env: { SCRIPT: 'sleep 2; echo "trained $BRAIN_RUN_ID"' },
+      mounts: [],
+      timeoutMs: 30_000,
+      signal,
+    });
+    const runId = uid();
+    const shutdown = new AbortController();
+    const first = runner.run({ ...spec(runId, shutdown.signal), onStarted: () => Promise.resolve(shutdown.abort()) });
+    t.match(await first, { status: 'handed-back', exitCode: null });
+    t.equal((await runner.list({ runId })).length, 1, 'the job runs on');
+    const lines: string[] = [];
+    const second = await runner.run({ ...spec(runId, new AbortController().signal), adoptOnly: true, onLines: (s, l) => void (s === 'stdout' && lines.push(...l)) });
+    t.match(second, { status: 'exited', exitCode: 0, adopted: true });
+    t.same(lines, [`trained ${runId}`], 'its whole log, read by the adopter');
+    await runner.remove(second.containerId);
+
+    // A job under this run's name that another deployment labels as its own (made by hand: names carry the deployment).
+    const theirs = uid();
+    const name = containerName('train', theirs, instance);
+    const foreign = await docker.createService({
+      Name: name,
+      Labels: { [LABELS.managed]: 'true', [LABELS.stage]: 'train', [LABELS.runId]: theirs, [LABELS.instance]: 'BRAIN_EVENTS@another' },
+      Mode: { ReplicatedJob: { MaxConcurrent: 1, TotalCompletions: 1 } },
+      TaskTemplate: { ContainerSpec: { Image: TEST_IMAGES.train, Command: ['sleep', '300'] }, RestartPolicy: { Condition: 'none' } },
+    });
+    t.teardown(() => foreign.remove().catch(() => undefined));
+    await t.rejects(
+      runner.run(spec(theirs, new AbortController().signal)),
+      { code: 'CONTAINER_FOREIGN', message: /job service .* belongs to deployment BRAIN_EVENTS@another/ },
+      'never adopted',
+    );
+    await t.rejects(runner.remove(name), { code: 'CONTAINER_FOREIGN' }, 'nor removed');
+    t.equal((await docker.listServices({ filters: { name: [name] } })).length, 1, 'it is still there');
+    await t.rejects(runner.run({ ...spec(uid(), new AbortController().signal), adoptOnly: true }), { code: 'CONTAINER_GONE' });
   });
 
   await t.test('a swarm runner on an engine that is not a swarm manager (Podman’s API) is a configuration error at the service’s start', async (t) => {

@@ -7,6 +7,7 @@
  * service spec, so GPUs are generic resources; Docker 20.10 leaves a removed job's task containers behind
  * (moby/moby#42789), so `remove` removes those on this engine too.
  */
+import { Readable } from 'node:stream';
 import type Docker from 'dockerode';
 import { z } from 'zod';
 import type { GpuRequest } from './config';
@@ -281,11 +282,11 @@ export function createSwarmRunner(deps: SwarmRunnerDeps): ContainerRunner {
       let task: SwarmTask | undefined;
       try {
         for (;;) {
-          if (liveEnded) await followLive();
           const { value } = await untilEngine(ctx, 'watch the job task', () => docker.listTasks({ filters: { service: [job.id] } }));
           task = newest(value);
           const state = task?.Status?.State;
-          if (state !== undefined && TERMINAL.has(state)) break;
+          if (state !== undefined && TERMINAL.has(state)) break; // (an adopted job that has ended is only read, below)
+          if (liveEnded) await followLive();
           const now = Date.now();
           if (state === 'running' && runningSince === undefined) runningSince = Date.parse(task?.Status?.Timestamp ?? '') || now;
           const deadline = runningSince !== undefined ? runningSince + spec.timeoutMs : job.createdAt + spec.timeoutMs + deps.schedulingTimeoutMs;
@@ -312,8 +313,9 @@ export function createSwarmRunner(deps: SwarmRunnerDeps): ContainerRunner {
       } finally {
         await closeLive();
       }
+      // Not followed, the log comes whole, as a Buffer.
       const { value: rest } = await untilEngine(ctx, 'read the job log', () => service.logs({ follow: false, stdout: true, stderr: true }));
-      await reader.pump(rest as NodeJS.ReadableStream, { ...reader.processed }, signal);
+      await reader.pump(Buffer.isBuffer(rest) ? Readable.from([rest]) : rest, { ...reader.processed }, signal);
       await reader.end();
       const exitCode = task?.Status?.ContainerStatus?.ExitCode;
       if (exitCode === undefined) throw notRun(task);

@@ -244,47 +244,57 @@ t.test('Swarm jobs on a single-node swarm', async (t) => {
     t.same(await runner.list({ runId }), [], 'removed');
   });
 
-  await t.test('handed back on shutdown, the job runs on and is adopted; another deployment’s job is refused; a job gone is CONTAINER_GONE', async (t) => {
-    const runner = createSwarmRunner({ docker, service: 'trainer', instance, logger: createLogger('swarm-test', 'silent'), constraints: [], schedulingTimeoutMs: 10_000 });
-    const spec = (runId: string, signal: AbortSignal) => ({
-      stage: 'train' as const,
-      runId,
-      image: TEST_IMAGES.train,
-      env: { SCRIPT: 'sleep 2; echo "trained $BRAIN_RUN_ID"' },
-      mounts: [],
-      timeoutMs: 30_000,
-      signal,
-    });
-    const runId = uid();
-    const shutdown = new AbortController();
-    const first = runner.run({ ...spec(runId, shutdown.signal), onStarted: () => Promise.resolve(shutdown.abort()) });
-    t.match(await first, { status: 'handed-back', exitCode: null });
-    t.equal((await runner.list({ runId })).length, 1, 'the job runs on');
-    const lines: string[] = [];
-    const second = await runner.run({ ...spec(runId, new AbortController().signal), adoptOnly: true, onLines: (s, l) => void (s === 'stdout' && lines.push(...l)) });
-    t.match(second, { status: 'exited', exitCode: 0, adopted: true });
-    t.same(lines, [`trained ${runId}`], 'its whole log, read by the adopter');
-    await runner.remove(second.containerId);
+  await t.test(
+    'handed back on shutdown, the job runs on and is adopted after its end with its whole log; another deployment’s job is refused; a job gone is CONTAINER_GONE',
+    async (t) => {
+      const runner = createSwarmRunner({ docker, service: 'trainer', instance, logger: createLogger('swarm-test', 'silent'), constraints: [], schedulingTimeoutMs: 10_000 });
+      const spec = (runId: string, signal: AbortSignal) => ({
+        stage: 'train' as const,
+        runId,
+        image: TEST_IMAGES.train,
+        env: { SCRIPT: 'sleep 2; echo "trained $BRAIN_RUN_ID"' },
+        mounts: [],
+        timeoutMs: 30_000,
+        signal,
+      });
+      const runId = uid();
+      const shutdown = new AbortController();
+      const first = runner.run({ ...spec(runId, shutdown.signal), onStarted: () => Promise.resolve(shutdown.abort()) });
+      t.match(await first, { status: 'handed-back', exitCode: null });
+      t.equal((await runner.list({ runId })).length, 1, 'the job runs on');
+      // Adopted once it has ended: its log is then read whole, not followed.
+      const jobId = (await first).containerId;
+      for (let i = 0; i < 200; i++) {
+        const tasks = (await docker.listTasks({ filters: { service: [jobId] } })) as { Status?: { State?: string } }[];
+        if (tasks[0]?.Status?.State === 'complete') break;
+        await sleep(100);
+      }
+      const lines: string[] = [];
+      const second = await runner.run({ ...spec(runId, new AbortController().signal), adoptOnly: true, onLines: (s, l) => void (s === 'stdout' && lines.push(...l)) });
+      t.match(second, { status: 'exited', exitCode: 0, adopted: true });
+      t.same(lines, [`trained ${runId}`], 'its whole log, read by the adopter after its end');
+      await runner.remove(second.containerId);
 
-    // A job under this run's name that another deployment labels as its own (made by hand: names carry the deployment).
-    const theirs = uid();
-    const name = containerName('train', theirs, instance);
-    const foreign = await docker.createService({
-      Name: name,
-      Labels: { [LABELS.managed]: 'true', [LABELS.stage]: 'train', [LABELS.runId]: theirs, [LABELS.instance]: 'BRAIN_EVENTS@another' },
-      Mode: { ReplicatedJob: { MaxConcurrent: 1, TotalCompletions: 1 } },
-      TaskTemplate: { ContainerSpec: { Image: TEST_IMAGES.train, Command: ['sleep', '300'] }, RestartPolicy: { Condition: 'none' } },
-    });
-    t.teardown(() => foreign.remove().catch(() => undefined));
-    await t.rejects(
-      runner.run(spec(theirs, new AbortController().signal)),
-      { code: 'CONTAINER_FOREIGN', message: /job service .* belongs to deployment BRAIN_EVENTS@another/ },
-      'never adopted',
-    );
-    await t.rejects(runner.remove(name), { code: 'CONTAINER_FOREIGN' }, 'nor removed');
-    t.equal((await docker.listServices({ filters: { name: [name] } })).length, 1, 'it is still there');
-    await t.rejects(runner.run({ ...spec(uid(), new AbortController().signal), adoptOnly: true }), { code: 'CONTAINER_GONE' });
-  });
+      // A job under this run's name that another deployment labels as its own (made by hand: names carry the deployment).
+      const theirs = uid();
+      const name = containerName('train', theirs, instance);
+      const foreign = await docker.createService({
+        Name: name,
+        Labels: { [LABELS.managed]: 'true', [LABELS.stage]: 'train', [LABELS.runId]: theirs, [LABELS.instance]: 'BRAIN_EVENTS@another' },
+        Mode: { ReplicatedJob: { MaxConcurrent: 1, TotalCompletions: 1 } },
+        TaskTemplate: { ContainerSpec: { Image: TEST_IMAGES.train, Command: ['sleep', '300'] }, RestartPolicy: { Condition: 'none' } },
+      });
+      t.teardown(() => foreign.remove().catch(() => undefined));
+      await t.rejects(
+        runner.run(spec(theirs, new AbortController().signal)),
+        { code: 'CONTAINER_FOREIGN', message: /job service .* belongs to deployment BRAIN_EVENTS@another/ },
+        'never adopted',
+      );
+      await t.rejects(runner.remove(name), { code: 'CONTAINER_FOREIGN' }, 'nor removed');
+      t.equal((await docker.listServices({ filters: { name: [name] } })).length, 1, 'it is still there');
+      await t.rejects(runner.run({ ...spec(uid(), new AbortController().signal), adoptOnly: true }), { code: 'CONTAINER_GONE' });
+    },
+  );
 
   await t.test('a swarm runner on an engine that is not a swarm manager (Podman’s API) is a configuration error at the service’s start', async (t) => {
     const engine = await podmanEngine(t);

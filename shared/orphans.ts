@@ -29,6 +29,7 @@ export interface OrphanSweeper {
 /**
  * Finds labelled containers of this service's stages whose run no longer holds its lock (left by a
  * crash, or by a stage whose service died) and removes them once they have stayed unclaimed for the grace period.
+ * With a stage on the Swarm backend the runner lists (and removes) its job services too (`stageRunners`).
  */
 export function createOrphanSweeper(deps: OrphanSweeperDeps): OrphanSweeper {
   const unclaimedSince = new Map<string, number>();

@@ -43,8 +43,10 @@ t.test('compose stack with the example stages: built as written, healthy, role p
   // Host folders that do not exist yet, as on a fresh machine: the override's one-shot `examples` service makes them.
   const data = join(root, 'example');
 
-  // No password is configured: the stack makes its own on the first start.
-  const { project: base } = localComposeProject('braintest', dirs, { LOG_LEVEL: 'debug' }, 'generated');
+  // No password is configured: the stack makes its own on the first start. The hourly schedule ticks half an hour
+  // away, so no scheduled run joins the test's.
+  const schedule = `${(new Date().getUTCMinutes() + 30) % 60} * * * *`;
+  const { project: base } = localComposeProject('braintest', dirs, { LOG_LEVEL: 'debug', TRANSFORM_SCHEDULE: schedule }, 'generated');
   const project = base.withExamples(data);
   const runIds: string[] = [];
   const connections: NatsConnection[] = [];
@@ -63,11 +65,13 @@ t.test('compose stack with the example stages: built as written, healthy, role p
   t.match(await base.compose('config'), 'TRANSFORM_IMAGE: brain-test-transform:latest', 'docker-compose.yml alone takes TRANSFORM_IMAGE from the settings');
   t.match(await project.compose('config'), `TRANSFORM_IMAGE: ${EXAMPLE_TEST_IMAGE}`, 'with the override, every stage runs the example image');
 
+  const upAt = Date.now();
   await project.compose('up', '-d', '--no-build').catch(async (err: Error) => {
     throw new Error(`${err.message}\n${await project.compose('logs', '--no-color', '--tail', '30')}`);
   });
   const containers = await project.waitHealthy(1 + SERVICE_NAMES.length, 120_000, ['setup', 'examples']);
   t.pass(`nats and the ${SERVICE_NAMES.length} services (${SERVICE_NAMES.join(', ')}) are healthy, after the one-shot setup and examples exited 0`);
+  t.comment(`up and healthy in ${((Date.now() - upAt) / 1000).toFixed(1)} s`);
   t.same(readdirSync(data).sort(), ['aws', 'processed', 'viz'], 'the examples service made the host folders');
   const setupLog = await project.compose('logs', '--no-color', 'setup');
   for (const part of ['the BRAIN_EVENTS stream', 'the locks bucket (KV_locks)', 'the runs bucket (KV_runs)', 'the transformer consumer']) {
@@ -107,27 +111,30 @@ t.test('compose stack with the example stages: built as written, healthy, role p
     t.ok(refusedLogin instanceof errors.AuthorizationError, `${name}-change-me is not ${name}'s password`);
   }
 
-  // Each service reads only its own password file; the scheduler (no Docker socket) cannot read another's.
-  t.equal((await project.compose('exec', '-T', 'scheduler', 'cat', '/run/brain-secrets/scheduler')).trim(), pass.scheduler, 'the scheduler reads its own');
-  for (const other of ['transformer', 'admin', 'operator']) {
-    const read = await project.compose('exec', '-T', 'scheduler', 'cat', `/run/brain-secrets/${other}`).then(
-      () => 'read',
-      () => 'refused',
-    );
-    t.equal(read, 'refused', `the scheduler cannot read ${other}'s password`);
-  }
-  t.equal((await project.compose('exec', '-T', 'web', 'cat', '/run/brain-secrets/web')).trim(), pass.web, 'the web service reads its own');
-  for (const [reader, other] of [
+  // Each service reads only its own password file; the scheduler (no Docker socket) cannot read another's. (Each
+  // `compose exec` costs a second or so: they run at once.)
+  const readAs = (reader: string, user: string) => project.compose('exec', '-T', reader, 'cat', `/run/brain-secrets/${user}`);
+  const refusedReads = [
+    ['scheduler', 'transformer'],
+    ['scheduler', 'admin'],
+    ['scheduler', 'operator'],
     ['web', 'scheduler'],
     ['web', 'operator'],
     ['scheduler', 'web'],
-  ] as const) {
-    const read = await project.compose('exec', '-T', reader, 'cat', `/run/brain-secrets/${other}`).then(
-      () => 'read',
-      () => 'refused',
-    );
-    t.equal(read, 'refused', `the ${reader} service cannot read ${other}'s password`);
-  }
+  ] as const;
+  const [ownScheduler, ownWeb, ...others] = await Promise.all([
+    readAs('scheduler', 'scheduler'),
+    readAs('web', 'web'),
+    ...refusedReads.map(([reader, user]) =>
+      readAs(reader, user).then(
+        () => 'read',
+        () => 'refused',
+      ),
+    ),
+  ]);
+  t.equal(ownScheduler?.trim(), pass.scheduler, 'the scheduler reads its own');
+  t.equal(ownWeb?.trim(), pass.web, 'the web service reads its own');
+  refusedReads.forEach(([reader, user], i) => t.equal(others[i], 'refused', `the ${reader} service cannot read ${user}'s password`));
 
   // NATS's monitoring port (no authentication) is not reachable from the other containers.
   const fetchFrom = (service: string, url: string) =>
@@ -135,9 +142,14 @@ t.test('compose stack with the example stages: built as written, healthy, role p
       () => 'reached',
       () => 'unreachable',
     );
-  t.equal(await fetchFrom('scheduler', 'http://transformer:8080/healthz'), 'reached', 'control: the scheduler reaches another container');
-  t.equal(await fetchFrom('scheduler', 'http://nats:8222/healthz'), 'unreachable', 'NATS monitoring is unreachable from the compose network');
-  t.equal(await fetchFrom('transformer', 'http://nats:8222/varz'), 'unreachable', 'from the Docker-socket services too');
+  const [control, fromScheduler, fromTransformer] = await Promise.all([
+    fetchFrom('scheduler', 'http://transformer:8080/healthz'),
+    fetchFrom('scheduler', 'http://nats:8222/healthz'),
+    fetchFrom('transformer', 'http://nats:8222/varz'),
+  ]);
+  t.equal(control, 'reached', 'control: the scheduler reaches another container');
+  t.equal(fromScheduler, 'unreachable', 'NATS monitoring is unreachable from the compose network');
+  t.equal(fromTransformer, 'unreachable', 'from the Docker-socket services too');
 
   const monitor = await connect({ servers, user: 'monitor', pass: pass.monitor, name: 'compose-test-monitor' });
   const operator = await connect({ servers, user: 'operator', pass: pass.operator, name: 'compose-test-operator' });
@@ -190,11 +202,13 @@ t.test('compose stack with the example stages: built as written, healthy, role p
     headers: { ...basic('operator'), 'content-type': 'application/json' },
     body: JSON.stringify({ pipeline: 'transform', runId, reason: 'first run' }),
   });
+  const triggeredAt = Date.now();
   t.equal(triggered.status, 202, 'POST /api/runs as operator: 202');
   t.same(await triggered.json(), { runId }, 'with the run id');
 
   const end = await waitFor((e) => e.data.runId === runId && e.subject === 'model.done', `model.done of ${runId}`);
   t.equal(end.data.outcome, 'trained', 'the run triggered from the web API trained a model on the example stages');
+  t.comment(`the whole run took ${((Date.now() - triggeredAt) / 1000).toFixed(1)} s`);
   t.same(
     events.filter((e) => e.data.runId === runId).map((e) => e.subject),
     ['transform.trigger', 'transform.done', 'data.new', 'load.done', 'model.trigger', 'model.mismatch', 'model.done'],

@@ -13,10 +13,12 @@ ARG NPM_CA=
 RUN if [ -n "$NPM_CA" ]; then printf '%s\n' "$NPM_CA" >/tmp/npm-ca.pem && export NODE_EXTRA_CA_CERTS=/tmp/npm-ca.pem; fi \
  && npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json ./
+COPY scripts ./scripts
 COPY shared ./shared
 COPY services ./services
 COPY cli ./cli
-RUN npx tsc -p tsconfig.json && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
+# `npm run build`: tsc, then the CLI's bundle (scripts/bundle-cli.mjs, esbuild) that bin/brain.js prefers.
+RUN npm run build && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
 # Runtime: production dependencies, compiled code and the launcher; non-root by default.
 FROM ${NODE_IMAGE}

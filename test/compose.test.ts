@@ -36,7 +36,7 @@ t.test('compose stack with the example stages: built as written, healthy, role p
   // nats, heartbeats missed): the stack runs while no swarm file changes the engine.
   await takeSwarmLock(t);
   const { buildMs } = await buildComposeImages();
-  t.pass(`compose built the brain image from the Dockerfile as written (npm ci, tsc, prune) and the example stages in ${(buildMs / 1000).toFixed(1)} s`);
+  t.pass(`compose built the brain image from the Dockerfile as written (npm ci, npm run build, prune) and the example stages in ${(buildMs / 1000).toFixed(1)} s`);
 
   const dirs = makeRunDirs('brain-compose-');
   const { root } = dirs;
@@ -82,6 +82,9 @@ t.test('compose stack with the example stages: built as written, healthy, role p
     () => 'absent',
   );
   t.equal(devDependency, 'absent', 'the image holds production dependencies only (the build stage pruned typescript)');
+  // The build stage's `npm run build` made the CLI's bundle too, and the launcher runs a NATS-only command from it.
+  await project.compose('exec', '-T', 'web', 'ls', '/app/dist/cli/brain.bundle.js');
+  t.match(await project.compose('exec', '-T', 'web', 'node', '/app/bin/brain.js', 'runs', '--help'), /Usage: brain runs/, 'the image’s brain runs from its CLI bundle');
 
   const pass = await project.natsPasswords();
   const users = Object.keys(pass) as ComposeNatsUser[];

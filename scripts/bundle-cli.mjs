@@ -14,6 +14,8 @@ await build({
   bundle: true,
   platform: 'node',
   target: 'node20',
+  minifyWhitespace: true,
+  minifySyntax: true,
   external: ['./service.js', './run.js'],
   logLevel: 'warning',
   plugins: [

@@ -11,10 +11,11 @@ const { join } = require('node:path');
 const bundled = new Set(['trigger', 'watch', 'runs', 'logs', 'status', 'pause', 'resume']);
 const command = process.argv.slice(2).find((arg) => !arg.startsWith('-'));
 const bundle = join(__dirname, '..', 'dist', 'cli', 'brain.bundle.js');
-const entry = bundled.has(command) && existsSync(bundle) ? bundle : '../dist/cli/brain.js';
+const useBundle = bundled.has(command) && existsSync(bundle);
 
-require('../dist/cli/startup.js').deferZodLocales();
-require(entry)
+// The bundle carries its own stand-in for zod's locales; the compiled build gets it through Node's module cache.
+if (!useBundle) require('../dist/cli/startup.js').deferZodLocales();
+require(useBundle ? bundle : '../dist/cli/brain.js')
   .main(process.argv)
   .then(
     () => process.exit(process.exitCode ?? 0),

@@ -14,6 +14,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import Docker from 'dockerode';
 import { SERVICE_NAMES } from '../services';
 import { LABELS } from '../shared/docker';
+import { PROBE_HEADER } from '../shared/events';
 import { EVENTS_STREAM, isPermissionDenied } from '../shared/nats';
 import { EXAMPLE_TEST_IMAGE, REPO_ROOT, buildComposeImages, localComposeProject, natsUserName, type ComposeNatsUser } from '../kit/compose';
 import { uid } from '../kit/pipeline';
@@ -163,6 +164,7 @@ t.test('compose stack with the example stages: built as written, healthy, role p
   for (const subject of ['transform.>', 'data.>', 'load.>', 'model.>', 'rejected.>']) {
     monitor.subscribe(subject, {
       callback: (_err, msg: Msg) => {
+        if (msg.headers?.has(PROBE_HEADER) === true) return; // the web service's permission probes (/api/me) are no events
         events.push({ subject: msg.subject, data: msg.json<Record<string, unknown>>() });
         for (const w of waiters) w();
       },
@@ -194,10 +196,13 @@ t.test('compose stack with the example stages: built as written, healthy, role p
   monitor.publish('transform.trigger', JSON.stringify({ runId: refused, reason: 'test' }));
   await monitor.flush();
 
-  // The newcomer's "Trigger transform": POST /api/runs as the operator, with the password passwords.sh shows.
   const webAt = await project.published('web', 8088);
   t.match(webAt, /^127\.0\.0\.1:\d+$/, 'the web service is published on loopback only');
   const basic = (user: 'monitor' | 'operator') => ({ authorization: `Basic ${Buffer.from(`${user}:${pass[user]}`).toString('base64')}` });
+  // The newcomer signs in as the operator (the password passwords.sh shows): the dashboard's trigger button is enabled.
+  const me = await fetch(`http://${webAt}/api/me`, { headers: basic('operator') });
+  t.match(await me.json(), { user: 'operator', may: { trigger: true } }, 'GET /api/me as operator: may trigger (the button is enabled)');
+  // Its "Trigger transform": POST /api/runs as the operator.
   const runId = uid();
   runIds.push(runId);
   const triggered = await fetch(`http://${webAt}/api/runs`, {

@@ -1,4 +1,4 @@
-# brain-pipeline: one image for all five services (`brain service <name>`, or `brain up`).
+# brain-pipeline: one image for all six services (`brain service <name>`, or `brain up`) and `brain setup`.
 # NODE_IMAGE lets a build use a mirrored or locally assembled node image instead of Docker Hub's.
 ARG NODE_IMAGE=node:20-bookworm-slim
 

@@ -11,6 +11,7 @@ import Docker from 'dockerode';
 import { LABELS, containerName } from '../shared/docker';
 import { Pipeline, uid } from '../kit/pipeline';
 import { TEST_IMAGES } from '../kit/stand-ins';
+import { takeSwarmLock } from '../kit/swarm-lock';
 import { BASELINE_LABEL, RUN_PREFIX, timeShell } from './util';
 
 export interface BackendTimes {
@@ -75,6 +76,8 @@ async function measure(backend: 'swarm' | 'docker', reps: number): Promise<Backe
 }
 
 export async function benchBackends(reps: number): Promise<{ swarm: BackendTimes; docker: BackendTimes }> {
+  const release: (() => void | Promise<void>)[] = [];
+  await takeSwarmLock({ teardown: (fn) => release.push(fn) }); // no swarm test file runs meanwhile
   const leave = await ensureSwarm();
   try {
     const swarm = await measure('swarm', reps);
@@ -83,5 +86,6 @@ export async function benchBackends(reps: number): Promise<{ swarm: BackendTimes
     return { swarm, docker: await measure('docker', reps) };
   } finally {
     await leave();
+    for (const fn of release) await fn();
   }
 }

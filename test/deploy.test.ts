@@ -38,6 +38,23 @@ const cannotRun = !isRoot
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Runs `fn` on every item, at most `limit` at a time (well under sshd's MaxStartups of 10), and gives the results in
+ * the items' order. For independent ssh calls: deploy.sh's flock still runs the locked actions one at a time.
+ */
+async function pooled<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
 t.test('deploy over ssh with a forced-command key', { timeout: 180_000 }, async (t) => {
   if (cannotRun !== undefined) {
     t.fail(cannotRun);
@@ -157,7 +174,7 @@ BRAIN_IMAGE_REPO=registry.test/acme/brain-pipeline
 COMPOSE_PROJECT=brain
 COMPOSE_CMD=${bin}/fake-compose
 DOCKER_CMD=${bin}/fake-docker
-HEALTH_TIMEOUT=5
+HEALTH_TIMEOUT=1
 ${extra}
 `,
       { mode: 0o644 },
@@ -291,8 +308,9 @@ ${extra}
       [`P=\x1b[31m${secret}\n`, /contains a control character/],
       [`P=${secret}\u2028Q=1\n`, /U\+2028/],
     ];
-    for (const [text, message] of refused) {
-      const r = await ssh('secrets refused.env', text);
+    const answers = await pooled(refused, 4, ([text]) => ssh('secrets refused.env', text));
+    for (const [i, [text, message]] of refused.entries()) {
+      const r = answers[i] as SshResult;
       t.equal(r.code, 1, `refused: ${JSON.stringify(text).replace(/[\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16)}`)}`);
       t.match(r.stderr, message);
       t.notOk((r.stdout + r.stderr).includes(secret), 'the value is not echoed');
@@ -313,8 +331,9 @@ ${extra}
       [`NATS_SCHEDULER_PASS=scheduler-change-me\nNATS_OPERATOR_PASS=${secret}\n`, /line 1 \(NATS_SCHEDULER_PASS\) still holds a placeholder from \.env\.example/],
       [`NATS_SCHEDULER_PASS='CHANGE-ME'\n`, /placeholder/],
     ];
-    for (const [text, message] of refused) {
-      const bad = await ssh('secrets .env', text);
+    const answers = await pooled(refused, 4, ([text]) => ssh('secrets .env', text));
+    for (const [i, [text, message]] of refused.entries()) {
+      const bad = answers[i] as SshResult;
       t.equal(bad.code, 1, `refused: ${JSON.stringify(text)}`);
       t.match(bad.stderr, message);
       t.notOk((bad.stdout + bad.stderr).includes(secret), 'the value is not echoed');
@@ -533,10 +552,16 @@ ${extra}
     writeFileSync(join(link, 'docker-compose.yml'), 'services: {}\n');
     execFileSync('ln', ['-s', '/etc/passwd', join(link, 'passwd')]);
     const withLink = execFileSync('tar', ['-cf', '-', '-C', link, '.']);
-    t.not((await ssh('deploy shaevil', withLink)).code, 0, 'symlinks refused');
-    t.not((await ssh('deploy shaevil', makeRelease('nodotenv', { 'docker-compose.yml': 'x', '.env': 'A=1' }))).code, 0, '.env refused');
-    t.not((await ssh('deploy shaevil', makeRelease('nocompose', { 'x.txt': 'x' }))).code, 0, 'compose file required');
-    t.not((await ssh('deploy shaevil', 'not a tarball')).code, 0, 'garbage refused');
+    // Independent refusals, their ssh connections at once (deploy.sh's lock runs the deploys one at a time).
+    const [linked, dotenv, nocompose, garbage] = await pooled(
+      [withLink, makeRelease('nodotenv', { 'docker-compose.yml': 'x', '.env': 'A=1' }), makeRelease('nocompose', { 'x.txt': 'x' }), 'not a tarball'],
+      4,
+      (body) => ssh('deploy shaevil', body),
+    );
+    t.not(linked?.code, 0, 'symlinks refused');
+    t.not(dotenv?.code, 0, '.env refused');
+    t.not(nocompose?.code, 0, 'compose file required');
+    t.not(garbage?.code, 0, 'garbage refused');
 
     // Member names tar writes to .env or .brain-release all the same.
     const src = join(root, 'src', 'sneaky');
@@ -544,16 +569,22 @@ ${extra}
     writeFileSync(join(src, 'docker-compose.yml'), 'services: {}\n');
     writeFileSync(join(src, '.env'), 'NATS_OPERATOR_PASS=planted\n', { mode: 0o644 });
     writeFileSync(join(src, '.brain-release'), 'TAG=planted\n');
-    for (const [member, prefixed] of [
-      ['.env', '././'],
-      ['.env', './/'],
-      ['.env', './././/'],
-      ['.brain-release', '././'],
-    ] as const) {
+    const sneaky = (
+      [
+        ['.env', '././'],
+        ['.env', './/'],
+        ['.env', './././/'],
+        ['.brain-release', '././'],
+      ] as const
+    ).map(([member, prefixed]) => {
       const tarball = execFileSync('tar', ['-cf', '-', '-C', src, '--transform', `s,^\\.,${prefixed}.,`, 'docker-compose.yml', member]);
       t.ok(execFileSync('tar', ['-tf', '-'], { input: tarball }).toString().includes(`${prefixed}${member}`), `the tar holds ${prefixed}${member}`);
-      const r = await ssh('deploy shaevil', tarball);
-      t.equal(r.code, 1, `${prefixed}${member} refused`);
+      return { name: `${prefixed}${member}`, tarball };
+    });
+    const sneakyAnswers = await pooled(sneaky, 4, ({ tarball }) => ssh('deploy shaevil', tarball));
+    for (const [i, { name }] of sneaky.entries()) {
+      const r = sneakyAnswers[i] as SshResult;
+      t.equal(r.code, 1, `${name} refused`);
       t.match(r.stderr, /must not contain \.env, \.brain-release or \.failed/);
     }
 
@@ -673,27 +704,31 @@ ${extra}
       'scp -t /tmp',
       'DEPLOY sha1',
     ];
-    for (const command of refused) {
-      const r = await ssh(command, '');
+    const answers = await pooled(refused, 4, (command) => ssh(command, ''));
+    for (const [i, command] of refused.entries()) {
+      const r = answers[i] as SshResult;
       t.equal(r.code, 2, `refused: ${command}`);
       t.notMatch(r.stdout + r.stderr, /uid=\d+|root:x:0:0/, `no command output for: ${command}`);
     }
-    const login = await ssh(undefined, '');
+    // Each on its own connection, all at once.
+    const [login, sftp, pty, stdio, remote] = await Promise.all([
+      ssh(undefined, ''),
+      ssh('sftp', '', ['-s']),
+      ssh('status', '', ['-tt']),
+      ssh(undefined, '', ['-W', `127.0.0.1:${server.port}`]),
+      ssh(undefined, '', ['-N', '-o', 'ExitOnForwardFailure=yes', '-R', `127.0.0.1:0:127.0.0.1:${server.port}`]),
+    ]);
     t.not(login.code, 0, 'no interactive login');
     t.match(login.stderr, /interactive logins are not allowed/);
 
-    const sftp = await ssh('sftp', '', ['-s']);
     t.not(sftp.code, 0, 'no sftp subsystem');
 
-    const pty = await ssh('status', '', ['-tt']);
     t.match(pty.stderr, /PTY allocation request failed/, 'no pty');
 
-    const stdio = await ssh(undefined, '', ['-W', `127.0.0.1:${server.port}`]);
     t.not(stdio.code, 0, 'no direct-tcpip (-W) forwarding');
     t.match(stdio.stderr, /stdio forwarding failed|administratively prohibited|open failed/);
     t.match(server.log(), /refused local port forward/, 'sshd refused it because of the key restrictions');
 
-    const remote = await ssh(undefined, '', ['-N', '-o', 'ExitOnForwardFailure=yes', '-R', `127.0.0.1:0:127.0.0.1:${server.port}`]);
     t.not(remote.code, 0, 'no remote port forwarding');
     t.match(remote.stderr, /remote port forwarding failed/);
   });

@@ -305,7 +305,7 @@ t.test('Swarm jobs on a single-node swarm', async (t) => {
       child.output.some((l) => l.includes('invalid configuration')),
       'reported as a configuration error',
     );
-    t.not(await child.exited, 0, 'the service does not start');
+    t.equal(await child.exited, 2, 'the service does not start: exit 2, as for any configuration error');
   });
 
   t.same(await untilNoJobs(), [], 'no labelled job service left on the engine');

@@ -23,7 +23,9 @@ export async function serve(names: readonly ServiceName[]): Promise<void> {
   try {
     running = await runServices(names, config);
   } catch (err) {
-    if (err instanceof TopologyError) {
+    // A topology that differs from the settings, or a setting the engine cannot meet (a swarm runner on an engine
+    // that is not a swarm manager): the whole message, exit 2.
+    if (err instanceof TopologyError || err instanceof ConfigError) {
       process.stderr.write(`brain: ${err.message}\n`);
       process.exit(2);
     }

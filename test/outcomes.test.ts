@@ -3,6 +3,9 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Pipeline, uid, type PipelineOptions } from '../kit/pipeline';
 
+// The subtests share nothing (each has its own nats-server, services, run dirs and run ids): run a few at once.
+t.jobs = 4;
+
 /** Starts a pipeline, runs one transform run to its end and hands back the pipeline and run id. */
 async function runOnce(t: { teardown(fn: () => unknown): void }, opts: PipelineOptions, timeoutMs?: number) {
   const p = await Pipeline.start(opts);

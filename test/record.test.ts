@@ -4,6 +4,9 @@ import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
 import { spawnService } from '../kit/service-process';
 import { startNatsProxy } from './helpers/nats-proxy';
 
+// The subtests share nothing (each has its own nats-server, services, run dirs and run ids): run a few at once.
+t.jobs = 3;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('a hand-chosen run id used again is refused with a clear error, and nothing starts', async (t) => {

@@ -8,6 +8,9 @@ import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
 import { startSocketProxy } from './helpers/socket-proxy';
 import { spawnService } from '../kit/service-process';
 
+// The subtests share nothing (each has its own nats-server, services, run dirs and run ids): run a few at once.
+t.jobs = 3;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('50 concurrent triggers: one run, one container per stage, the others busy', async (t) => {

@@ -6,6 +6,10 @@ import { openLocks } from '../shared/nats';
 import { startNatsServer } from '../kit/nats-server';
 import { Pipeline, uid, waitForContainer } from '../kit/pipeline';
 
+// The four tests share nothing (each its own nats-server; the lease subtests, which share keys, run one after another
+// inside the first): run them at once.
+t.jobs = 4;
+
 const silent = pino({ level: 'silent' });
 /** Short enough to watch expire, long enough that a loaded CI machine still refreshes in time. */
 const TTL = 3000;

@@ -15,6 +15,9 @@ import { removingAfterExit } from './helpers/runner';
 import { docker, uid } from '../kit/pipeline';
 import { startSocketProxy, type SocketProxy } from './helpers/socket-proxy';
 
+// The subtests share nothing (each its own socket proxy, runner and run ids): run a few at once.
+t.jobs = 3;
+
 const instance = `runner-faults-${uid()}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -2,6 +2,9 @@ import t from 'tap';
 import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
 import { spawnService } from '../kit/service-process';
 
+// The subtests share nothing (each has its own nats-server, services, run dirs and run ids): run them at once.
+t.jobs = 3;
+
 const others = ['loader', 'model-gate', 'trainer'] as const;
 
 type Teardown = { teardown(fn: () => unknown): void };

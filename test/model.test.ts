@@ -2,6 +2,9 @@ import t from 'tap';
 import { LABELS } from '../shared/docker';
 import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
 
+// The subtests share nothing (each has its own nats-server, services, run dirs and run ids): run a few at once.
+t.jobs = 3;
+
 const modelServices = ['model-gate', 'trainer'] as const;
 
 /**

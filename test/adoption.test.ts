@@ -7,6 +7,9 @@ import { Pipeline, uid, waitForContainer } from '../kit/pipeline';
 import { spawnService, type ServiceProcess } from '../kit/service-process';
 import { writeEnvFiles } from '../kit/run-dirs';
 
+// The subtests share nothing (each has its own nats-server, services, run dirs and run ids): run them at once.
+t.jobs = 2;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Teardown = { teardown(fn: () => unknown): void };
 

@@ -7,6 +7,9 @@ import { Pipeline } from '../kit/pipeline';
 import { spawnService, type ServiceProcess } from '../kit/service-process';
 import { Writable } from 'node:stream';
 
+// The subtests share nothing (each has its own nats-server and schedulers): run them at once, their waits for ticks overlapping.
+t.jobs = 3;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const sleepUntil = (ms: number) => sleep(Math.max(0, ms - Date.now()));
 

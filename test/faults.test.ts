@@ -13,6 +13,55 @@ t.jobs = 3;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+// First, as the longest (a 150 MB log; 15 runs one after another): the shorter tests run beside them.
+t.test('a long-running service: 15 runs add no lasting abort listener (no MaxListenersExceededWarning)', async (t) => {
+  const warnings: Error[] = [];
+  const onWarning = (w: Error) => void warnings.push(w);
+  process.on('warning', onWarning);
+  t.teardown(() => void process.off('warning', onWarning));
+  const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '0' } }, services: ['transformer'] });
+  t.teardown(() => p.close());
+  for (let i = 0; i < 15; i++) {
+    const runId = uid();
+    await p.publish('transform.trigger', { runId });
+    t.equal((await p.waitForRunEnd(runId, 30_000)).data.outcome, 'no-new-data');
+  }
+  await sleep(200);
+  t.same(
+    warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message),
+    [],
+  );
+});
+
+t.test('a container printing hundreds of megabytes: found, forwarded, and the service memory stays bounded', async (t) => {
+  const megabytes = Number(process.env.BRAIN_FLOOD_MB ?? 150);
+  const p = await Pipeline.start({
+    recordLogs: false,
+    envFiles: { transform: { SCRIPT: `yes "flood line 0123456789 abcdefghijklmnopqrstuvwxyz" | head -c ${megabytes}m; echo "New data was transformed"` } },
+    services: ['loader', 'model-gate', 'trainer'],
+  });
+  t.teardown(() => p.close());
+  const transformer = spawnService(['service', 'transformer'], { ...p.env, HEALTH_PORT: '0', LOG_LEVEL: 'info' });
+  t.teardown(async () => {
+    transformer.signal('SIGTERM');
+    await transformer.exited;
+  });
+  await transformer.waitForLog(/services started/);
+  await sleep(500);
+  const idle = transformer.rss();
+  const runId = uid();
+  const started = Date.now();
+  await p.publish('transform.trigger', { runId });
+  const done = await p.waitForSubject('transform.done', runId, 240_000);
+  const peak = transformer.peakRss();
+  t.equal(done.data.outcome, 'new-data', 'the phrase after the flood was found');
+  t.ok(
+    peak - idle < 96 * 1024 * 1024,
+    `peak RSS ${Math.round(peak / 2 ** 20)} MB vs idle ${Math.round(idle / 2 ** 20)} MB for ${megabytes} MB of log in ${Date.now() - started} ms`,
+  );
+  await p.waitForRunEnd(runId, 60_000);
+});
+
 t.test('50 concurrent triggers: one run, one container per stage, the others busy', async (t) => {
   const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '1', SLEEP: '1' } } });
   t.teardown(() => p.close());
@@ -123,25 +172,6 @@ t.test('the attach stream ends before the container exits: the output after it i
   t.equal((await p.waitForRunEnd(runId, 60_000)).data.outcome, 'trained');
 });
 
-t.test('a long-running service: 15 runs add no lasting abort listener (no MaxListenersExceededWarning)', async (t) => {
-  const warnings: Error[] = [];
-  const onWarning = (w: Error) => void warnings.push(w);
-  process.on('warning', onWarning);
-  t.teardown(() => void process.off('warning', onWarning));
-  const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '0' } }, services: ['transformer'] });
-  t.teardown(() => p.close());
-  for (let i = 0; i < 15; i++) {
-    const runId = uid();
-    await p.publish('transform.trigger', { runId });
-    t.equal((await p.waitForRunEnd(runId, 30_000)).data.outcome, 'no-new-data');
-  }
-  await sleep(200);
-  t.same(
-    warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message),
-    [],
-  );
-});
-
 t.test('a container killed for memory is recorded as exit 137 and OOM', async (t) => {
   const p = await Pipeline.start({
     env: { TRANSFORM_MEMORY: '16m' },
@@ -155,35 +185,6 @@ t.test('a container killed for memory is recorded as exit 137 and OOM', async (t
   t.equal(end.data.outcome, 'failed');
   t.equal(end.data.exitCode, 137);
   t.match(end.data.error, /out of memory/);
-});
-
-t.test('a container printing hundreds of megabytes: found, forwarded, and the service memory stays bounded', async (t) => {
-  const megabytes = Number(process.env.BRAIN_FLOOD_MB ?? 150);
-  const p = await Pipeline.start({
-    recordLogs: false,
-    envFiles: { transform: { SCRIPT: `yes "flood line 0123456789 abcdefghijklmnopqrstuvwxyz" | head -c ${megabytes}m; echo "New data was transformed"` } },
-    services: ['loader', 'model-gate', 'trainer'],
-  });
-  t.teardown(() => p.close());
-  const transformer = spawnService(['service', 'transformer'], { ...p.env, HEALTH_PORT: '0', LOG_LEVEL: 'info' });
-  t.teardown(async () => {
-    transformer.signal('SIGTERM');
-    await transformer.exited;
-  });
-  await transformer.waitForLog(/services started/);
-  await sleep(500);
-  const idle = transformer.rss();
-  const runId = uid();
-  const started = Date.now();
-  await p.publish('transform.trigger', { runId });
-  const done = await p.waitForSubject('transform.done', runId, 240_000);
-  const peak = transformer.peakRss();
-  t.equal(done.data.outcome, 'new-data', 'the phrase after the flood was found');
-  t.ok(
-    peak - idle < 96 * 1024 * 1024,
-    `peak RSS ${Math.round(peak / 2 ** 20)} MB vs idle ${Math.round(idle / 2 ** 20)} MB for ${megabytes} MB of log in ${Date.now() - started} ms`,
-  );
-  await p.waitForRunEnd(runId, 60_000);
 });
 
 t.test('labelled containers orphaned by an earlier crash are removed at start-up', async (t) => {

@@ -73,6 +73,26 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, timeo
 const remaining = async (runId: string) => docker.listContainers({ all: true, filters: { label: [`${LABELS.runId}=${runId}`] } });
 const logRequests = (proxy: SocketProxy) => proxy.requests.filter((r) => r.endsWith('/logs')).length;
 
+// First, as the longest (15 runs one after another): the shorter tests run beside it.
+t.test('one long-lived signal through 15 runs: no listener left behind, no MaxListenersExceededWarning', async (t) => {
+  const { runner } = runnerVia(docker);
+  const shutdown = new AbortController();
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => void warnings.push(w.name);
+  process.on('warning', onWarning);
+  t.teardown(() => void process.off('warning', onWarning));
+  for (let i = 0; i < 15; i++) {
+    const result = await runner.run(spec(uid(), 'echo the phrase', { signal: shutdown.signal }).spec);
+    t.equal(result.status, 'exited');
+    t.equal(getEventListeners(shutdown.signal, 'abort').length, 0, `no abort listener left after run ${i + 1}`);
+  }
+  await sleep(100); // warnings are emitted on the next tick
+  t.same(
+    warnings.filter((w) => w === 'MaxListenersExceededWarning'),
+    [],
+  );
+});
+
 t.test('the attach stream ends before the container exits: the rest is read from its log, nothing twice, nothing lost', async (t) => {
   const { proxy, client } = await withProxy(t);
   const { runner } = runnerVia(client);
@@ -286,23 +306,4 @@ t.test('an adopted container’s output is masked with the values it was started
   const result = await runner.run(again);
   t.match(result, { status: 'exited', exitCode: 0, adopted: true });
   t.same(lines, ['secret: ****', 'token: ****']);
-});
-
-t.test('one long-lived signal through 15 runs: no listener left behind, no MaxListenersExceededWarning', async (t) => {
-  const { runner } = runnerVia(docker);
-  const shutdown = new AbortController();
-  const warnings: string[] = [];
-  const onWarning = (w: Error) => void warnings.push(w.name);
-  process.on('warning', onWarning);
-  t.teardown(() => void process.off('warning', onWarning));
-  for (let i = 0; i < 15; i++) {
-    const result = await runner.run(spec(uid(), 'echo the phrase', { signal: shutdown.signal }).spec);
-    t.equal(result.status, 'exited');
-    t.equal(getEventListeners(shutdown.signal, 'abort').length, 0, `no abort listener left after run ${i + 1}`);
-  }
-  await sleep(100); // warnings are emitted on the next tick
-  t.same(
-    warnings.filter((w) => w === 'MaxListenersExceededWarning'),
-    [],
-  );
 });

@@ -19,6 +19,9 @@ import { startNatsServer } from '../kit/nats-server';
 import { startAuthNatsServer, type AuthNatsServer, type NatsRole } from './helpers/nats-auth';
 import { makeRunDirs } from '../kit/run-dirs';
 
+// The tests share nothing (each its own nats-server, run dirs and brain processes): run a few at once.
+t.jobs = 3;
+
 const BRAIN = resolve(__dirname, '../../bin/brain.js');
 const S = 1_000_000_000; // nanoseconds per second
 

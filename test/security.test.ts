@@ -24,6 +24,9 @@ import { TEST_IMAGES, standInStageEnv } from '../kit/stand-ins';
 import { Pipeline, docker, uid, waitForContainer, type EnvFileKey, type RecordedEvent } from '../kit/pipeline';
 import { NATS_ROLES, startAuthNatsServer, type NatsRole } from './helpers/nats-auth';
 
+// The tests share nothing (each its own nats-server, services, run dirs and run ids): run a few at once.
+t.jobs = 3;
+
 const BRAIN = resolve(__dirname, '../../bin/brain.js');
 const run = promisify(execFile);
 

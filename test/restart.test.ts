@@ -1,6 +1,10 @@
 import t from 'tap';
 import { Pipeline, uid, waitForContainer, docker } from '../kit/pipeline';
 
+// The tests share nothing (each has its own nats-server, services, run dirs and run ids): run a few at once; the two that
+// time a start in ms run alone (not buffered: the others wait).
+t.jobs = 3;
+
 t.test('a service restarted mid-run adopts its running container and finishes the run', async (t) => {
   const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '1', SLEEP: '3' } } });
   t.teardown(() => p.close());
@@ -59,7 +63,7 @@ async function msUntilStarted(p: Pipeline, runId: string, since: number, timeout
  * A graceful stop leaves no pull request of ours on the server and hands back (nak, no delay) anything
  * delivered to it but not started, so the next instance gets a trigger at once, not after the ack wait (30 s).
  */
-t.test('a trigger right after a graceful restart starts its run within seconds, not after the ack wait', async (t) => {
+t.test('a trigger right after a graceful restart starts its run within seconds, not after the ack wait', { buffered: false }, async (t) => {
   const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '0' } } });
   t.teardown(() => p.close());
   t.equal(p.config.ackWaitMs, 30_000, 'the default ack wait');
@@ -75,7 +79,7 @@ t.test('a trigger right after a graceful restart starts its run within seconds, 
   }
 });
 
-t.test('a trigger published while the services stop is handed to the next instance at once', async (t) => {
+t.test('a trigger published while the services stop is handed to the next instance at once', { buffered: false }, async (t) => {
   const p = await Pipeline.start({ envFiles: { transform: { NEW_DATA: '0' } } });
   t.teardown(() => p.close());
   let handedBackWhileStopping = 0;

@@ -8,6 +8,7 @@ import { LOCKS_BUCKET, openLocks } from '../shared/nats';
 import { startNatsCluster } from './helpers/nats-cluster';
 import { ClusterPipeline } from '../kit/cluster-pipeline';
 import { waitForContainer } from '../kit/pipeline';
+import { writeEnvFiles } from '../kit/run-dirs';
 
 // One three-node cluster (streams and the locks bucket replicated three times) and two replicas of every
 // service, each replica listing the nodes in a different order; the tests below run one after another on it.
@@ -20,7 +21,7 @@ t.test('three-node cluster, two replicas of every service', async (t) => {
   const p = await ClusterPipeline.start({
     natsUrls: [[a, b, c].join(','), [c, b, a].join(',')],
     env: { NATS_REPLICAS: '3', ACK_WAIT: '5', LOCK_TTL: '15' },
-    envFiles: { transform: { NEW_DATA: '1', SLEEP: '3' } },
+    envFiles: { transform: { NEW_DATA: '1' } },
   });
   t.teardown(() => p.close());
   const only = (lines: string[], runId: string) => lines.filter((l) => l.split(' ')[0] === runId);
@@ -78,6 +79,8 @@ t.test('three-node cluster, two replicas of every service', async (t) => {
   });
 
   t.test('kill -9 of the node leading the locks bucket mid-run: the run completes, each lock keeps one holder', async (t) => {
+    // The transform runs 3 s (the env file is read at each container's start): the node dies while it runs.
+    writeEnvFiles(p.dirs.env, { transform: { NEW_DATA: '1', SLEEP: '3' } });
     const jsm = await jetstreamManager(p.client);
     const leader = (await jsm.streams.info(`KV_${LOCKS_BUCKET}`)).cluster?.leader ?? '';
     const victim = Number(/^n(\d)$/.exec(leader)?.[1] ?? 1);

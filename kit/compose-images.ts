@@ -76,9 +76,18 @@ export function buildNodeBaseImage(): void {
       cpSync(npm, join(rootfs, 'usr/local/lib/node_modules/npm'), { recursive: true, verbatimSymlinks: true });
       symlinkSync('../lib/node_modules/npm/bin/npm-cli.js', join(rootfs, 'usr/local/bin/npm'));
       symlinkSync('../lib/node_modules/npm/bin/npx-cli.js', join(rootfs, 'usr/local/bin/npx'));
+      // This machine's npm cache (filled by the host's `npm ci`) as root's: the image build's `npm ci` then runs in
+      // full (lockfile, integrity checks, install, prune) but takes its tarballs from the cache, not the registry.
+      const cache = join(npmCacheDir(), '_cacache');
+      if (existsSync(cache)) cpSync(cache, join(rootfs, 'root/.npm/_cacache'), { recursive: true });
     },
     ['CMD ["node"]'],
   );
+}
+
+/** The host's npm cache folder (`npm config get cache`). */
+function npmCacheDir(): string {
+  return execFileSync('npm', ['config', 'get', 'cache'], { encoding: 'utf8' }).trim();
 }
 
 /** The NATS image: Debian's nats-server (2.9, so the compose stack needs NATS_CONFIG=nats-2.9.conf). */

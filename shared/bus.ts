@@ -183,20 +183,24 @@ export function createEventBus(deps: BusDeps): EventBus {
   }
 
   /**
-   * Acks a finished message and waits for the server's confirmation. The client sends an ack at most once per
+   * Acks a finished message and waits for the server's confirmation (true when it came). The client sends an ack at most once per
    * delivery (a second `ackAck()` on it resolves false without sending), so there is no retrying one delivery.
    * If the server redelivered the message while we waited (the ack was lost and the ack wait passed), that newest
    * delivery is acked in turn: the message is finished here. Otherwise a lost ack is logged with the stream
    * sequence and the server redelivers the message after the ack wait; recognising that redelivery as finished is
    * the handler's business.
    */
-  async function acknowledge(delivery: { msg: JsMsg }, subject: string): Promise<void> {
+  async function acknowledge(delivery: { msg: JsMsg }, subject: string): Promise<boolean> {
     for (;;) {
       const msg = delivery.msg;
       const streamSequence = msg.info.streamSequence;
       let failure: string | undefined;
       try {
-        if (await msg.ackAck({ timeout: ACK_CONFIRM_TIMEOUT_MS })) return;
+        if (await msg.ackAck({ timeout: ACK_CONFIRM_TIMEOUT_MS })) {
+          // A redelivery that joined while the ack was on its way is the one the server counts now: answer it too.
+          if (delivery.msg !== msg) delivery.msg.ack();
+          return true;
+        }
         failure = 'already answered';
       } catch (err) {
         failure = describeError(err);
@@ -206,7 +210,7 @@ export function createEventBus(deps: BusDeps): EventBus {
         continue;
       }
       logger.warn({ subject, streamSequence, err: failure }, 'ack not confirmed; the message may be redelivered');
-      return;
+      return false;
     }
   }
 
@@ -217,6 +221,14 @@ export function createEventBus(deps: BusDeps): EventBus {
     let stopping = false;
     /** One entry per stream sequence whose handler runs here; `msg` is its newest delivery. */
     const inFlight = new Map<number, { msg: JsMsg }>();
+    /**
+     * Stream sequences whose ack the server confirmed in the last two ack waits, with when: a redelivery it sent
+     * before our ack reached it arrives after its handler ended, and is acked rather than handled again.
+     */
+    const acked = new Map<number, number>();
+    const forgetAcked = (now: number) => {
+      for (const [seq, at] of acked) if (now - at > 2 * deps.ackWaitMs) acked.delete(seq);
+    };
     const tasks = new Set<Promise<void>>();
     let wakePuller: (() => void) | undefined;
     let batch: ConsumerMessages | undefined;
@@ -251,7 +263,14 @@ export function createEventBus(deps: BusDeps): EventBus {
         else if (typeof result === 'object') {
           await reject(subject, delivery.msg, result.rejected);
           delivery.msg.term(result.rejected);
-        } else await acknowledge(delivery, subject);
+        } else {
+          // Only a confirmed ack: after a lost one, the redelivery is handled (and finds its step ended in the record).
+          if (await acknowledge(delivery, subject)) {
+            const now = monotonicNow();
+            forgetAcked(now);
+            acked.set(first.info.streamSequence, now);
+          }
+        }
       } catch (err) {
         logger.error({ subject, streamSequence: first.info.streamSequence, err: describeError(err) }, 'handler failed; message will be redelivered');
         delivery.msg.nak(shutdown.signal.aborted ? 0 : RETRY_DELAY_MS);
@@ -268,6 +287,15 @@ export function createEventBus(deps: BusDeps): EventBus {
         logger.warn(
           { subject, streamSequence: seq, deliverySequence: msg.info.deliverySequence, deliveryCount: msg.info.deliveryCount },
           'redelivered while its handler still runs here; that handler answers for the new delivery',
+        );
+        return;
+      }
+      const ackedAt = acked.get(seq);
+      if (ackedAt !== undefined && monotonicNow() - ackedAt <= 2 * deps.ackWaitMs) {
+        msg.ack();
+        logger.info(
+          { subject, streamSequence: seq, deliverySequence: msg.info.deliverySequence, deliveryCount: msg.info.deliveryCount },
+          'redelivered just after its handler ended here and was acked; acked again',
         );
         return;
       }

@@ -341,11 +341,15 @@ t.test('one handler per stream sequence: a redelivery after an outage longer tha
   t.equal(calls, 1, 'no second handler for the redelivery');
   release();
   await until('the ack', () => h.proxy.publishes.some(isAckOf(CONSUMERS.transformer.durable)));
-  const ack = h.proxy.publishes.find(isAckOf(CONSUMERS.transformer.durable));
-  for (const l of h.logs) if (l.includes('redelivered while its handler still runs here')) deliveries.push((JSON.parse(l) as { deliverySequence: number }).deliverySequence);
-  t.equal(ack !== undefined ? deliveryOf(ack) : 0, Math.max(...deliveries), `the ack answers the newest delivery (${ack?.subject}; deliveries ${deliveries.join(', ')})`);
   await sleep(3 * ackWaitMs);
-  t.equal(calls, 1, 'and the server counts it: no further redelivery');
+  // The last ack answers the newest delivery the handler joined (one that joined while an ack was on its way is acked too).
+  const acks = h.proxy.publishes.filter(isAckOf(CONSUMERS.transformer.durable));
+  const ack = acks[acks.length - 1];
+  for (const l of h.logs)
+    if (/redelivered (while its handler still runs here|just after its handler ended here)/.test(l))
+      deliveries.push((JSON.parse(l) as { deliverySequence: number }).deliverySequence);
+  t.equal(ack !== undefined ? deliveryOf(ack) : 0, Math.max(...deliveries), `the ack answers the newest delivery (${ack?.subject}; deliveries ${deliveries.join(', ')})`);
+  t.equal(calls, 1, 'and the server counts it: no further redelivery, no second handler');
   const info = await (await jetstreamManager(h.direct)).consumers.info(EVENTS_STREAM, CONSUMERS.transformer.durable);
   t.equal(info.num_ack_pending, 0, 'nothing pending');
 });

@@ -3,9 +3,13 @@
 // services' handlers (`import('./service.js')`, `import('./run.js')`: `brain service`, `up` and `setup` run unbundled)
 // and zod's ~50 locales (the stand-in of cli/zod-locales.ts loads them from node_modules on first use).
 import { build } from 'esbuild';
+import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
+
+// V8 checks a code cache against its source's length, not its text: a cache of the previous bundle must go with it.
+rmSync(`${root}dist/cli/brain.bundle.js.cache`, { force: true });
 
 await build({
   absWorkingDir: root,

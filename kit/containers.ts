@@ -38,3 +38,17 @@ export async function waitForContainer(runId: string, stage: string, timeoutMs =
   }
   throw new Error(`no running ${stage} container for ${runId} after ${timeoutMs} ms`);
 }
+
+/**
+ * The labels (and `name`) of each container event dockerd logged between two times (seconds), matching `label`
+ * (`key=value` or `key`): the engine's own record of what ran, whoever made it and whether it is gone since.
+ */
+export async function containerEventsBetween(engine: Docker, event: 'create' | 'start', label: string, sinceSec: number, untilSec: number): Promise<Record<string, string>[]> {
+  const stream = (await engine.getEvents({ since: sinceSec, until: untilSec, filters: { type: ['container'], event: [event], label: [label] } })) as NodeJS.ReadableStream;
+  let text = '';
+  for await (const chunk of stream as AsyncIterable<Buffer>) text += chunk.toString();
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => (JSON.parse(l) as { Actor: { Attributes: Record<string, string> } }).Actor.Attributes);
+}

@@ -1,5 +1,6 @@
 import t from 'tap';
 import { LABELS } from '../shared/docker';
+import { containerEventsBetween } from '../kit/containers';
 import { Pipeline, docker, uid, waitForContainer } from '../kit/pipeline';
 
 // The subtests share nothing (each has its own nats-server, services, run dirs and run ids): run a few at once.
@@ -12,17 +13,8 @@ const modelServices = ['model-gate', 'trainer'] as const;
  * and were removed since still count, so "no gate container ran" is Docker's word, not missing log lines.
  */
 async function stagesCreatedFor(runId: string, sinceMs: number): Promise<string[]> {
-  const stream = await docker.getEvents({
-    since: Math.floor(sinceMs / 1000) - 1,
-    until: Math.floor(Date.now() / 1000) + 1,
-    filters: { type: ['container'], event: ['create'], label: [`${LABELS.runId}=${runId}`] },
-  });
-  let text = '';
-  for await (const chunk of stream as AsyncIterable<Buffer>) text += chunk.toString();
-  return text
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => (JSON.parse(l) as { Actor: { Attributes: Record<string, string> } }).Actor.Attributes[LABELS.stage] ?? '?');
+  const events = await containerEventsBetween(docker, 'create', `${LABELS.runId}=${runId}`, Math.floor(sinceMs / 1000) - 1, Math.floor(Date.now() / 1000) + 1);
+  return events.map((a) => a[LABELS.stage] ?? '?');
 }
 
 t.test('DEV_FORCE_TRAINING runs the gate container, then trains whatever it said', async (t) => {

@@ -6,11 +6,12 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type Docker from 'dockerode';
 import { Writable } from 'node:stream';
-import { LABELS, containerName, createContainerRunner, createDockerClient, type StageSpec } from '../shared/docker';
+import { LABELS, containerName, createContainerRunner, createDockerClient } from '../shared/docker';
 import { ErrorCode, StageError } from '../shared/errors';
 import { createLogger } from '../shared/logger';
 import { ENV_FILES } from '../services/index';
 import { TEST_IMAGES } from '../kit/stand-ins';
+import { gateSpec } from './helpers/runner';
 import { Pipeline, uid } from '../kit/pipeline';
 
 /**
@@ -130,17 +131,6 @@ t.test("Podman's Docker-compatible API as DOCKER_HOST", async (t) => {
       const logLines: string[] = [];
       const sink = new Writable({ write: (chunk: Buffer, _enc, done) => (logLines.push(chunk.toString()), done()) });
       const runner = createContainerRunner({ docker: podman.docker, pullPolicy: 'never', service: 'podman-test', instance, logger: createLogger('podman-test', 'info', sink) });
-      const spec = (runId: string, script: string, over: Partial<StageSpec> = {}): StageSpec => ({
-        stage: 'model-trigger',
-        runId,
-        image: TEST_IMAGES.modelTrigger,
-        env: { SCRIPT: script },
-        mounts: [],
-        timeoutMs: 30_000,
-        phrase: 'the phrase',
-        signal: new AbortController().signal,
-        ...over,
-      });
 
       // An earlier delivery's container, running under the run's deterministic name.
       const runId = uid();
@@ -151,7 +141,7 @@ t.test("Podman's Docker-compatible API as DOCKER_HOST", async (t) => {
         Labels: { [LABELS.managed]: 'true', [LABELS.instance]: instance, [LABELS.stage]: 'model-trigger', [LABELS.runId]: runId },
       });
       await earlier.start();
-      const result = await runner.run(spec(runId, 'echo a second container must not start; exit 9'));
+      const result = await runner.run(gateSpec(runId, 'echo a second container must not start; exit 9'));
       t.match(result, { status: 'exited', exitCode: 0, phraseFound: true, adopted: true, containerId: earlier.id });
       t.match(logLines.join(''), /adopting existing container/);
       await runner.remove(result.containerId);
@@ -159,7 +149,7 @@ t.test("Podman's Docker-compatible API as DOCKER_HOST", async (t) => {
 
       // Podman's Docker API accepts HostConfig.DeviceRequests and drops it: the container would run without its GPUs.
       const gpuRun = uid();
-      const err = await runner.run(spec(gpuRun, 'echo ran without its GPUs', { gpus: { kind: 'count', count: 1 } })).catch((e: unknown) => e);
+      const err = await runner.run(gateSpec(gpuRun, 'echo ran without its GPUs', { gpus: { kind: 'count', count: 1 } })).catch((e: unknown) => e);
       t.type(err, StageError);
       t.equal((err as StageError).code, ErrorCode.GpuUnavailable);
       t.match((err as StageError).message, /the model-trigger stage requests 1 GPU but the engine dropped the container's DeviceRequests/);

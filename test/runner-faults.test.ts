@@ -11,7 +11,7 @@ import { LABELS, containerName, createContainerRunner, type StageSpec } from '..
 import { createLogger } from '../shared/logger';
 import { ErrorCode } from '../shared/errors';
 import { TEST_IMAGES } from '../kit/stand-ins';
-import { removingAfterExit } from './helpers/runner';
+import { gateSpec, removingAfterExit } from './helpers/runner';
 import { docker, uid } from '../kit/pipeline';
 import { startSocketProxy, type SocketProxy } from './helpers/socket-proxy';
 
@@ -47,18 +47,7 @@ async function withProxy(t: { teardown(fn: () => unknown): void }): Promise<{ pr
 /** A stage spec whose lines are collected; `SCRIPT` is what the stand-in gate image runs. */
 function spec(runId: string, script: string, over: Partial<StageSpec> = {}) {
   const lines: string[] = [];
-  const s: StageSpec = {
-    stage: 'model-trigger',
-    runId,
-    image: TEST_IMAGES.modelTrigger,
-    env: { SCRIPT: script },
-    mounts: [],
-    timeoutMs: 30_000,
-    phrase: 'the phrase',
-    signal: new AbortController().signal,
-    onLines: (_s, l) => void lines.push(...l),
-    ...over,
-  };
+  const s = gateSpec(runId, script, { onLines: (_s, l) => void lines.push(...l), ...over });
   return { spec: s, lines };
 }
 

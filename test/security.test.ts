@@ -21,6 +21,7 @@ import { EVENTS_STREAM, LOCKS_BUCKET, LOGS_STREAM, RUNS_BUCKET, bucketStream, is
 import { loadConfig, runServices, type RunningServices } from '../services/composition-root';
 import { runSetup } from '../cli/commands/setup';
 import { TEST_IMAGES, standInStageEnv } from '../kit/stand-ins';
+import { containerEventsBetween } from '../kit/containers';
 import { Pipeline, docker, uid, waitForContainer, type EnvFileKey, type RecordedEvent } from '../kit/pipeline';
 import { NATS_ROLES, startAuthNatsServer, type NatsRole } from './helpers/nats-auth';
 
@@ -56,15 +57,8 @@ const VALID_BODIES: Record<string, (runId: string) => Record<string, unknown>> =
 
 /** Names of the containers dockerd created for these runs between two times (seconds), from its own event log. */
 async function containersCreatedFor(runIds: ReadonlySet<string>, since: number, until: number): Promise<string[]> {
-  const stream = await docker.getEvents({ since, until, filters: { type: ['container'], event: ['create'], label: [`${LABELS.managed}=true`] } });
-  let text = '';
-  for await (const chunk of stream as AsyncIterable<Buffer>) text += chunk.toString();
-  return text
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => (JSON.parse(l) as { Actor: { Attributes: Record<string, string> } }).Actor.Attributes)
-    .filter((a) => runIds.has(a[LABELS.runId] ?? ''))
-    .map((a) => a.name ?? '');
+  const events = await containerEventsBetween(docker, 'create', `${LABELS.managed}=true`, since, until);
+  return events.filter((a) => runIds.has(a[LABELS.runId] ?? '')).map((a) => a.name ?? '');
 }
 
 /** Force-removes what a failed test may have left of its runs (a passing test leaves nothing). */

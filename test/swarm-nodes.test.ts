@@ -2,24 +2,15 @@ import t from 'tap';
 import type Docker from 'dockerode';
 import { LABELS } from '../shared/docker';
 import { TEST_IMAGES } from '../kit/stand-ins';
+import { containerEventsBetween } from '../kit/containers';
 import { Pipeline, uid } from '../kit/pipeline';
 import { takeSwarmLock } from './helpers/swarm-lock';
 import { startTwoNodeSwarm } from './helpers/swarm-node';
 
 /** `<runId>:<stage>` of every pipeline container an engine started between `since` and now (its event log). */
 async function startedOn(engine: Docker, since: number): Promise<string[]> {
-  const stream = (await engine.getEvents({
-    since: Math.floor(since / 1000),
-    until: Math.ceil(Date.now() / 1000),
-    filters: { type: ['container'], event: ['start'], label: [`${LABELS.managed}=true`] },
-  })) as NodeJS.ReadableStream;
-  let text = '';
-  for await (const chunk of stream as AsyncIterable<Buffer>) text += chunk.toString();
-  return text
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => (JSON.parse(l) as { Actor: { Attributes: Record<string, string> } }).Actor.Attributes)
-    .map((a) => `${a[LABELS.runId] ?? '?'}:${a[LABELS.stage] ?? '?'}`);
+  const events = await containerEventsBetween(engine, 'start', `${LABELS.managed}=true`, Math.floor(since / 1000), Math.ceil(Date.now() / 1000));
+  return events.map((a) => `${a[LABELS.runId] ?? '?'}:${a[LABELS.stage] ?? '?'}`);
 }
 
 /** The node each of a run's job tasks was placed on, by stage, watched while the run goes on (its service goes with it). */

@@ -31,7 +31,6 @@ function loadBundle() {
   const script = new vm.Script(Module.wrap(readFileSync(bundle, 'utf8')), { filename: bundle, cachedData: cached });
   const mod = new Module(bundle, module);
   mod.filename = bundle;
-  mod.paths = Module._nodeModulePaths(dirname(bundle));
   script.runInThisContext()(mod.exports, Module.createRequire(bundle), mod, bundle, dirname(bundle));
   const keepCache = () => {
     if (cached !== undefined && !script.cachedDataRejected) return;
